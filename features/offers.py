@@ -1,0 +1,150 @@
+"""The offer model: coupons, membership benefits and consult offers, all ranked alike.
+
+An :class:`Offer` is what the catalog stores and the admin API accepts. It is validated once, when it
+enters the catalog; the request path works on the column arrays of :class:`features.projection.OfferTable`
+built from a list of offers, never on these objects.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.events import PAGE_TYPES, TIERS, PageType, Tier
+
+OfferKind = Literal["coupon", "benefit", "consult"]
+OFFER_KINDS: tuple[str, ...] = OfferKind.__args__  # type: ignore[attr-defined]
+
+#: Subtypes per kind. The ranker sees the subtype as a categorical code (its index here).
+SUBTYPES: dict[str, tuple[str, ...]] = {
+    "coupon": ("threshold", "no_threshold", "shipping", "category", "limited"),
+    "benefit": (
+        "free_shipping",
+        "priority_delivery",
+        "birthday_gift",
+        "partner_perk",
+        "dedicated_service",
+        "home_pickup_returns",
+        "points_multiplier",
+    ),
+    "consult": ("health", "nutrition", "beauty", "stylist", "financial_planning"),
+}
+ALL_SUBTYPES: tuple[str, ...] = tuple(s for k in OFFER_KINDS for s in SUBTYPES[k])
+
+#: Product categories known to the features. Member affinity is tracked per category; an event for a
+#: category outside this list is folded into ``other``.
+CATEGORIES: tuple[str, ...] = (
+    "baby",
+    "beauty",
+    "fashion",
+    "electronics",
+    "grocery",
+    "health",
+    "home",
+    "sports",
+    "books",
+    "pets",
+    "toys",
+    "outdoor",
+    "other",
+)
+CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+
+Channel = Literal["app", "web", "mini_program"]
+CHANNELS: tuple[str, ...] = Channel.__args__  # type: ignore[attr-defined]
+
+OfferId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Eligibility(BaseModel):
+    """Who may see the offer, where and when. Empty lists mean "no restriction"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tiers: list[Tier] = []
+    paid_only: bool = False
+    regions: list[Annotated[str, Field(max_length=32)]] = []
+    channels: list[Channel] = []
+    page_types: list[PageType] = []
+    birthday_month_only: bool = False
+    min_tenure_days: Annotated[float, Field(ge=0)] = 0.0
+    valid_from_ts: float | None = None
+    valid_to_ts: float | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> Eligibility:
+        if self.valid_from_ts is not None and self.valid_to_ts is not None:
+            if self.valid_to_ts <= self.valid_from_ts:
+                raise ValueError("valid_to_ts must be after valid_from_ts")
+        return self
+
+
+class Caps(BaseModel):
+    """Per-member frequency caps and cool-downs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_impressions_without_action: Annotated[int, Field(ge=1, le=1000)] = 6
+    cooldown_after_dismiss_hours: Annotated[float, Field(ge=0, le=24 * 365)] = 72.0
+    cooldown_after_claim_hours: Annotated[float, Field(ge=0, le=24 * 365)] = 24.0 * 30
+    max_claims_per_member: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class Offer(BaseModel):
+    """One rankable offer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offer_id: OfferId
+    kind: OfferKind
+    subtype: str
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    category: str | None = None
+    #: What the member gets, in currency (discount amount, or estimated worth of a benefit/consult).
+    value: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    #: Minimum basket for threshold coupons, in currency; 0 when there is none.
+    threshold: Annotated[float, Field(ge=0, le=1e7)] = 0.0
+    #: Expected cost to the business per claim, in currency; drawn from the budget.
+    cost: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    #: Limited quantity; None means unlimited.
+    inventory: Annotated[int, Field(ge=0, le=10**9)] | None = None
+    #: Total budget over the campaign; None means unbudgeted.
+    budget: Annotated[float, Field(ge=0, le=1e10)] | None = None
+    campaign_start_ts: float | None = None
+    campaign_end_ts: float | None = None
+    eligibility: Eligibility = Eligibility()
+    caps: Caps = Caps()
+    #: Pinned offers are placed first when eligible (e.g. a sale-day hero coupon).
+    pinned: bool = False
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Offer:
+        if self.subtype not in SUBTYPES[self.kind]:
+            raise ValueError(f"subtype {self.subtype!r} is not one of {SUBTYPES[self.kind]} for kind {self.kind}")
+        if self.category is not None and self.category not in CATEGORY_INDEX:
+            raise ValueError(f"category {self.category!r} is not one of {CATEGORIES}")
+        if self.budget is not None and self.cost <= 0:
+            raise ValueError("a budgeted offer needs a positive cost")
+        if (self.campaign_start_ts is None) != (self.campaign_end_ts is None):
+            raise ValueError("campaign_start_ts and campaign_end_ts go together")
+        if self.campaign_start_ts is not None and self.campaign_end_ts is not None:
+            if self.campaign_end_ts <= self.campaign_start_ts:
+                raise ValueError("campaign_end_ts must be after campaign_start_ts")
+        return self
+
+
+__all__ = [
+    "ALL_SUBTYPES",
+    "CATEGORIES",
+    "CATEGORY_INDEX",
+    "CHANNELS",
+    "OFFER_KINDS",
+    "PAGE_TYPES",
+    "SUBTYPES",
+    "TIERS",
+    "Caps",
+    "Eligibility",
+    "Offer",
+]

@@ -1,0 +1,202 @@
+"""The Redis layout: every key the system writes, its format and its TTL. The only module that knows.
+
+Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Cluster hash tag)::
+
+    P:m:{MEMBER_ID}:state      member blob: msgpack of StoredMember (state + applied Kafka offsets)
+                               SET with EX member_ttl_seconds on every write; GET on every request.
+    P:os:{pPARTITION}          per-partition offer counters: msgpack of StoredOfferStats
+                               (counters + applied offset); SET EX stats_ttl_seconds.
+    P:catalog                  hash offer_id -> offer JSON (the live catalog); EXPIRE catalog_ttl_seconds,
+                               refreshed on every catalog write and by the service's catalog poller.
+    P:catalog:version          integer bumped on every catalog change; replicas poll it.
+    P:inv:{OFFER_ID}           integer: units of a limited offer reserved so far (atomic Lua reserve).
+
+Everything a member owns sits under ``P:m:{MEMBER_ID}:`` so erasure is one ``DEL`` per key in one
+slot, and a cluster never needs a cross-slot operation for a member.
+
+Exactly-once in effect: Kafka redelivers everything after the last committed offset when a worker
+dies. Each member blob records, per partition, the offset of the last event folded into it; a
+redelivered event at or below that offset is skipped. A member's events all come from one partition
+(key = member id), so the check is exact. Per-offer counters get the same treatment per partition:
+each partition has its own partial, with its own watermark, written by whichever worker owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as aioredis
+
+from features.offer_stats import OfferCounters
+from features.state import MemberState
+
+LAYOUT_VERSION = 1
+
+
+class StoredMember(msgspec.Struct, omit_defaults=True):
+    state: MemberState
+    #: partition -> offset of the last event folded into this blob.
+    offsets: dict[int, int] = {}
+    layout: int = LAYOUT_VERSION
+
+
+class StoredOfferStats(msgspec.Struct):
+    partition: int
+    offset: int
+    counters: dict[str, OfferCounters]
+    layout: int = LAYOUT_VERSION
+
+
+_member_enc = msgspec.msgpack.Encoder()
+_member_dec = msgspec.msgpack.Decoder(StoredMember)
+_stats_dec = msgspec.msgpack.Decoder(StoredOfferStats)
+
+
+def encode_member(stored: StoredMember) -> bytes:
+    return _member_enc.encode(stored)
+
+
+def decode_member(raw: bytes) -> StoredMember:
+    return _member_dec.decode(raw)
+
+
+def encode_offer_stats(stored: StoredOfferStats) -> bytes:
+    return _member_enc.encode(stored)
+
+
+def decode_offer_stats(raw: bytes) -> StoredOfferStats:
+    return _stats_dec.decode(raw)
+
+
+# Reserve ``n`` units of a limited offer only if it stays within ``limit``: check and increment in one
+# atomic script, so concurrent claims can never oversell.
+_RESERVE_LUA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if used + n > limit then return -1 end
+used = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return used
+"""
+
+
+@dataclass(frozen=True)
+class RedisLayout:
+    prefix: str = "bn"
+    member_ttl_seconds: int = 90 * 24 * 3600
+    stats_ttl_seconds: int = 90 * 24 * 3600
+    catalog_ttl_seconds: int = 365 * 24 * 3600
+
+    def member_key(self, member_id: str) -> str:
+        return f"{self.prefix}:m:{{{member_id}}}:state"
+
+    def member_pattern(self, member_id: str) -> str:
+        """Glob of every key of one member (for erasure scans)."""
+        return f"{self.prefix}:m:{{{member_id}}}:*"
+
+    def offer_stats_key(self, partition: int) -> str:
+        return f"{self.prefix}:os:{{p{partition}}}"
+
+    def offer_stats_pattern(self) -> str:
+        return f"{self.prefix}:os:*"
+
+    @property
+    def catalog_key(self) -> str:
+        return f"{self.prefix}:catalog"
+
+    @property
+    def catalog_version_key(self) -> str:
+        return f"{self.prefix}:catalog:version"
+
+    def inventory_key(self, offer_id: str) -> str:
+        return f"{self.prefix}:inv:{{{offer_id}}}"
+
+
+class MemberStore:
+    """Async access to the layout. One code path for the worker, the service and the tests."""
+
+    def __init__(self, client: aioredis.Redis, layout: RedisLayout) -> None:
+        self.r = client
+        self.layout = layout
+        self._reserve = client.register_script(_RESERVE_LUA)
+
+    # -- members -------------------------------------------------------------------------------------
+    async def get_member_raw(self, member_id: str) -> bytes | None:
+        """The member blob in one round trip (decode with :func:`decode_member`)."""
+        raw: bytes | None = await self.r.get(self.layout.member_key(member_id))
+        return raw
+
+    async def get_member(self, member_id: str) -> StoredMember | None:
+        raw = await self.get_member_raw(member_id)
+        return decode_member(raw) if raw is not None else None
+
+    async def get_members(self, member_ids: list[str]) -> list[StoredMember | None]:
+        """Read many members in one pipelined round trip (non-transactional, so it works on a cluster)."""
+        if not member_ids:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for mid in member_ids:
+                pipe.get(self.layout.member_key(mid))
+            raws = await pipe.execute()
+        return [decode_member(raw) if raw is not None else None for raw in raws]
+
+    async def put_members(self, members: Iterable[StoredMember]) -> int:
+        """Write blobs (each with its TTL) in one pipelined round trip; returns how many."""
+        n = 0
+        async with self.r.pipeline(transaction=False) as pipe:
+            for stored in members:
+                pipe.set(
+                    self.layout.member_key(stored.state.member_id),
+                    encode_member(stored),
+                    ex=self.layout.member_ttl_seconds,
+                )
+                n += 1
+            if n:
+                await pipe.execute()
+        return n
+
+    async def erase_member(self, member_id: str) -> int:
+        """Delete every key of the member; returns the number of keys removed."""
+        keys = [k async for k in self.r.scan_iter(match=self.layout.member_pattern(member_id), count=100)]
+        keys.append(self.layout.member_key(member_id))
+        deleted: int = await self.r.delete(*set(keys))
+        return deleted
+
+    # -- per-partition offer statistics ------------------------------------------------------------
+    async def get_offer_stats(self, partition: int) -> StoredOfferStats | None:
+        raw = await self.r.get(self.layout.offer_stats_key(partition))
+        return decode_offer_stats(raw) if raw is not None else None
+
+    async def put_offer_stats(self, stored: StoredOfferStats) -> None:
+        await self.r.set(
+            self.layout.offer_stats_key(stored.partition),
+            encode_offer_stats(stored),
+            ex=self.layout.stats_ttl_seconds,
+        )
+
+    async def all_offer_stats(self) -> list[StoredOfferStats]:
+        keys = [k async for k in self.r.scan_iter(match=self.layout.offer_stats_pattern(), count=100)]
+        out = []
+        for key in keys:
+            raw = await self.r.get(key)
+            if raw is not None:
+                out.append(decode_offer_stats(raw))
+        return out
+
+    # -- inventory -----------------------------------------------------------------------------------
+    async def reserve(self, offer_id: str, limit: int, ttl_seconds: int, n: int = 1) -> int | None:
+        """Atomically reserve ``n`` units; returns units used after, or None when sold out."""
+        used = int(await self._reserve(keys=[self.layout.inventory_key(offer_id)], args=[n, limit, ttl_seconds]))
+        return None if used < 0 else used
+
+    async def reserved(self, offer_ids: list[str]) -> dict[str, int]:
+        if not offer_ids:
+            return {}
+        async with self.r.pipeline(transaction=False) as pipe:
+            for oid in offer_ids:
+                pipe.get(self.layout.inventory_key(oid))
+            raws = await pipe.execute()
+        return {oid: int(raw) for oid, raw in zip(offer_ids, raws, strict=True) if raw is not None}

@@ -1,0 +1,267 @@
+"""Per-member state and its fold ``apply(state, event) -> state``.
+
+The same function runs in the stream worker (live state in Redis), in training (point-in-time replay of
+an event log) and in tests. It is pure: no I/O, no clock. For speed it updates ``state`` in place and
+returns it; callers that need the old value copy first (:func:`copy_state`).
+
+Order independence (event time, not arrival time) is a design rule for every field:
+
+- counts and sums are :class:`~features.decay.Decayed` counters (commutative);
+- "last seen" times are maxima; attributes (tier, points, paid membership, consent, profile) are
+  last-writer-wins by ``event_ts`` with the ``event_id`` as a tie-break;
+- per-offer impression fatigue keeps the last few impression times and counts those after the last
+  action at read time, instead of a running counter that a late event would corrupt.
+
+Hence a shuffled stream folds to the same state as the sorted one. Exactly-once *delivery* is the
+adapter's job (see ``features/redis_layout.py``); this fold is not idempotent by itself.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from features import events as ev
+from features.decay import Decayed
+from features.offers import CATEGORY_INDEX
+
+#: Event kinds with a decayed count and a recency in the state.
+COUNTED_KINDS: tuple[str, ...] = (
+    "page_view",
+    "search",
+    "add_to_cart",
+    "order",
+    "coupon_claim",
+    "coupon_redeem",
+    "benefit_use",
+    "consult_booked",
+    "impression",
+    "click",
+    "dismiss",
+)
+
+#: Bounds that keep a member's blob small (a few KB) whatever the member does.
+MAX_OFFERS_TRACKED = 96
+IMPRESSION_TIMES_KEPT = 16
+
+
+class OfferInteraction(msgspec.Struct, array_like=True, gc=False):
+    """What one member did with one offer."""
+
+    shown: int = 0
+    last_shown_ts: float = 0.0
+    clicks: int = 0
+    claims: int = 0
+    redeems: int = 0
+    dismisses: int = 0
+    last_click_ts: float = 0.0
+    last_claim_ts: float = 0.0
+    last_dismiss_ts: float = 0.0
+    #: The latest impression times, newest last (bounded); used for "impressions since last action".
+    recent_shown_ts: list[float] = []
+
+    def last_action_ts(self) -> float:
+        return max(self.last_click_ts, self.last_claim_ts, self.last_dismiss_ts)
+
+    def impressions_since_action(self) -> int:
+        action = self.last_action_ts()
+        return sum(1 for t in self.recent_shown_ts if t > action)
+
+    def touched_ts(self) -> float:
+        return max(self.last_shown_ts, self.last_action_ts())
+
+
+class _Attr(msgspec.Struct, array_like=True, gc=False):
+    """A last-writer-wins attribute stamped with the event time and id that set it."""
+
+    ts: float = 0.0
+    event_id: str = ""
+
+
+class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
+    """Everything the ranker knows about one member. Field names are part of the stored format."""
+
+    member_id: str = ""
+    counts: dict[str, Decayed] = {}
+    last_ts: dict[str, float] = {}
+    #: Browsing interest per category (page views and searches; add-to-cart weighs 3).
+    cat_interest: dict[str, Decayed] = {}
+    #: Purchases per category (each order counts once per category it contains).
+    cat_orders: dict[str, Decayed] = {}
+    spend: Decayed = msgspec.field(default_factory=Decayed)
+    items: Decayed = msgspec.field(default_factory=Decayed)
+    orders_total: int = 0
+    spend_total: float = 0.0
+    orders_with_coupon: int = 0
+    discount_total: float = 0.0
+    coupon_claims_total: int = 0
+    coupon_redeems_total: int = 0
+    tier: str = "regular"
+    tier_set: _Attr = msgspec.field(default_factory=_Attr)
+    paid_member: bool = False
+    paid_since_ts: float = 0.0
+    paid_set: _Attr = msgspec.field(default_factory=_Attr)
+    points: int = 0
+    points_set: _Attr = msgspec.field(default_factory=_Attr)
+    personalization_consent: bool = True
+    consent_set: _Attr = msgspec.field(default_factory=_Attr)
+    birth_month: int = 0
+    region: str = ""
+    joined_ts: float = 0.0
+    profile_set: _Attr = msgspec.field(default_factory=_Attr)
+    first_seen_ts: float = 0.0
+    last_event_ts: float = 0.0
+    events_total: int = 0
+    offers: dict[str, OfferInteraction] = {}
+
+
+def new_state(member_id: str) -> MemberState:
+    return MemberState(member_id=member_id)
+
+
+def _newer(attr: _Attr, event: ev._Event) -> bool:
+    """Last-writer-wins by (event_ts, event_id): a deterministic winner whatever the arrival order."""
+    if (event.event_ts, event.event_id) >= (attr.ts, attr.event_id):
+        attr.ts = event.event_ts
+        attr.event_id = event.event_id
+        return True
+    return False
+
+
+def _category(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    return raw if raw in CATEGORY_INDEX else "other"
+
+
+def _bump(table: dict[str, Decayed], key: str, ts: float, weight: float = 1.0) -> None:
+    counter = table.get(key)
+    if counter is None:
+        counter = table[key] = Decayed()
+    counter.add(ts, weight)
+
+
+def _interaction(state: MemberState, offer_id: str) -> OfferInteraction:
+    inter = state.offers.get(offer_id)
+    if inter is None:
+        if len(state.offers) >= MAX_OFFERS_TRACKED:
+            # Evict the offer touched longest ago; ties broken by id so eviction is deterministic.
+            oldest = min(state.offers.items(), key=lambda kv: (kv[1].touched_ts(), kv[0]))[0]
+            del state.offers[oldest]
+        inter = state.offers[offer_id] = OfferInteraction()
+    return inter
+
+
+def apply(state: MemberState, event: ev.Event) -> MemberState:
+    """Fold one event into the member's state (in place) and return it."""
+    ts = event.event_ts
+    kind = ev.event_type(event)
+    if not state.member_id:
+        state.member_id = event.member_id
+    state.events_total += 1
+    if state.first_seen_ts == 0.0 or ts < state.first_seen_ts:
+        state.first_seen_ts = ts
+    if ts > state.last_event_ts:
+        state.last_event_ts = ts
+    if kind in COUNTED_KINDS:
+        _bump(state.counts, kind, ts)
+        if ts > state.last_ts.get(kind, 0.0):
+            state.last_ts[kind] = ts
+
+    match event:
+        case ev.PageView(category=cat) | ev.Search(category=cat):
+            c = _category(cat)
+            if c is not None:
+                _bump(state.cat_interest, c, ts)
+        case ev.AddToCart(category=cat):
+            _bump(state.cat_interest, _category(cat) or "other", ts, 3.0)
+        case ev.Order():
+            state.spend.add(ts, event.amount)
+            state.items.add(ts, float(event.items))
+            state.orders_total += 1
+            state.spend_total += event.amount
+            if event.coupon_id is not None:
+                state.orders_with_coupon += 1
+                state.discount_total += event.discount
+            for c in {_category(c) or "other" for c in event.categories}:
+                _bump(state.cat_orders, c, ts)
+        case ev.CouponClaim():
+            state.coupon_claims_total += 1
+            inter = _interaction(state, event.offer_id)
+            inter.claims += 1
+            inter.last_claim_ts = max(inter.last_claim_ts, ts)
+        case ev.CouponRedeem():
+            state.coupon_redeems_total += 1
+            _interaction(state, event.offer_id).redeems += 1
+        case ev.BenefitUse() | ev.ConsultBooked():
+            inter = _interaction(state, event.offer_id)
+            inter.claims += 1
+            inter.last_claim_ts = max(inter.last_claim_ts, ts)
+        case ev.Impression():
+            inter = _interaction(state, event.offer_id)
+            inter.shown += 1
+            inter.last_shown_ts = max(inter.last_shown_ts, ts)
+            recent = inter.recent_shown_ts
+            recent.append(ts)
+            recent.sort()
+            if len(recent) > IMPRESSION_TIMES_KEPT:
+                del recent[0]
+        case ev.Click():
+            inter = _interaction(state, event.offer_id)
+            inter.clicks += 1
+            inter.last_click_ts = max(inter.last_click_ts, ts)
+        case ev.Dismiss():
+            inter = _interaction(state, event.offer_id)
+            inter.dismisses += 1
+            inter.last_dismiss_ts = max(inter.last_dismiss_ts, ts)
+        case ev.TierChanged():
+            if _newer(state.tier_set, event):
+                state.tier = event.tier
+        case ev.PaidMembershipStarted():
+            if _newer(state.paid_set, event):
+                state.paid_member = True
+                state.paid_since_ts = ts
+        case ev.PaidMembershipEnded():
+            if _newer(state.paid_set, event):
+                state.paid_member = False
+        case ev.PointsChanged():
+            if _newer(state.points_set, event):
+                state.points = event.points
+        case ev.ConsentChanged():
+            if _newer(state.consent_set, event):
+                state.personalization_consent = event.personalization
+        case ev.ProfileUpdated():
+            if _newer(state.profile_set, event):
+                if event.birth_month is not None:
+                    state.birth_month = event.birth_month
+                if event.region is not None:
+                    state.region = event.region
+                if event.joined_ts is not None:
+                    state.joined_ts = event.joined_ts
+        case _:
+            pass
+    return state
+
+
+def fold(events: list[ev.Event], state: MemberState | None = None) -> MemberState:
+    """Fold a sequence of one member's events (any order) into a state."""
+    if state is None:
+        state = new_state(events[0].member_id if events else "")
+    for event in events:
+        apply(state, event)
+    return state
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(MemberState)
+
+
+def encode_state(state: MemberState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> MemberState:
+    return _state_decoder.decode(raw)
+
+
+def copy_state(state: MemberState) -> MemberState:
+    return decode_state(encode_state(state))
