@@ -1,0 +1,47 @@
+"""Shared fixtures: a private Redis and a private Kafka-protocol broker per test session, on free
+loopback ports, started here and stopped here. Tests never touch servers they did not start.
+
+Each test gets a unique Redis key prefix and unique topic names / consumer group, so tests sharing the
+session-wide servers cannot see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from benefits.embedded import Service, create_topics, start_broker, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Service]:
+    svc = start_redis()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Service]:
+    svc = start_broker()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for key prefixes, topic names and consumer groups."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def topics(broker: Service, unique: str) -> dict[str, str]:
+    names = {"events": f"member-events-{unique}", "dlq": f"member-events-dlq-{unique}"}
+    asyncio.run(create_topics(broker.url, {names["events"]: 4, names["dlq"]: 1}))
+    return names
