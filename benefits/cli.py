@@ -69,9 +69,9 @@ def simulate(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Simulation directory, or an impressions CSV/Parquet file.")] = Path(
-        "var/sim"
-    ),
+    data: Annotated[
+        Path, typer.Option(help="Simulation directory, or an impressions CSV/Parquet file.")
+    ] = Path("var/sim"),
     events: Annotated[Path | None, typer.Option(help="Event log (JSONL) for a bring-your-own table.")] = None,
     promote: Annotated[bool, typer.Option(help="Promote the new version when it passes its checks.")] = True,
 ) -> None:

@@ -81,7 +81,9 @@ def demo_catalog(start_ts: float, n_offers: int = 200, seed: int = 7, days: floa
         subtype = SUBTYPES["coupon"][i % len(SUBTYPES["coupon"])]
         category = _SHOP_CATEGORIES[(i // len(SUBTYPES["coupon"])) % len(_SHOP_CATEGORIES)]
         threshold = rng.choice([99.0, 149.0, 199.0, 299.0]) if subtype in ("threshold", "category") else 0.0
-        value = round(threshold * rng.uniform(0.08, 0.2), 0) if threshold else rng.choice([3.0, 5.0, 8.0, 10.0])
+        value = (
+            round(threshold * rng.uniform(0.08, 0.2), 0) if threshold else rng.choice([3.0, 5.0, 8.0, 10.0])
+        )
         elig = Eligibility(
             tiers=rng.choice([[], [], [], ["silver", "gold", "diamond"], ["gold", "diamond"]]),
             page_types=rng.choice([[], [], [], ["home", "category", "product", "search", "cart"]]),

@@ -73,13 +73,17 @@ class EligibilityTable:
         n = len(offers)
         self.active = np.array([o.active for o in offers], dtype=bool)
         self.valid_from = np.array(
-            [o.eligibility.valid_from_ts if o.eligibility.valid_from_ts is not None else -_INF for o in offers]
+            [
+                o.eligibility.valid_from_ts if o.eligibility.valid_from_ts is not None else -_INF
+                for o in offers
+            ]
         ).reshape(n)
         self.valid_to = np.array(
             [o.eligibility.valid_to_ts if o.eligibility.valid_to_ts is not None else _INF for o in offers]
         ).reshape(n)
         self.tier_ok = np.array(
-            [[(not o.eligibility.tiers) or t in o.eligibility.tiers for t in TIERS] for o in offers], dtype=bool
+            [[(not o.eligibility.tiers) or t in o.eligibility.tiers for t in TIERS] for o in offers],
+            dtype=bool,
         ).reshape(n, len(TIERS))
         self.paid_only = np.array([o.eligibility.paid_only for o in offers], dtype=bool)
         self.channel_ok = np.array(
@@ -87,15 +91,24 @@ class EligibilityTable:
             dtype=bool,
         ).reshape(n, len(CHANNELS))
         self.page_ok = np.array(
-            [[(not o.eligibility.page_types) or p in o.eligibility.page_types for p in PAGE_TYPES] for o in offers],
+            [
+                [(not o.eligibility.page_types) or p in o.eligibility.page_types for p in PAGE_TYPES]
+                for o in offers
+            ],
             dtype=bool,
         ).reshape(n, len(PAGE_TYPES))
         self.birthday_only = np.array([o.eligibility.birthday_month_only for o in offers], dtype=bool)
         self.min_tenure_days = np.array([o.eligibility.min_tenure_days for o in offers], dtype=np.float64)
-        self.inventory = np.array([o.inventory if o.inventory is not None else _INF for o in offers]).reshape(n)
+        self.inventory = np.array([o.inventory if o.inventory is not None else _INF for o in offers]).reshape(
+            n
+        )
         self.budget = np.array([o.budget if o.budget is not None else _INF for o in offers]).reshape(n)
-        self.regions = {i: frozenset(o.eligibility.regions) for i, o in enumerate(offers) if o.eligibility.regions}
-        self.max_impressions = np.array([o.caps.max_impressions_without_action for o in offers], dtype=np.int64)
+        self.regions = {
+            i: frozenset(o.eligibility.regions) for i, o in enumerate(offers) if o.eligibility.regions
+        }
+        self.max_impressions = np.array(
+            [o.caps.max_impressions_without_action for o in offers], dtype=np.int64
+        )
         self.dismiss_cooldown_s = np.array([o.caps.cooldown_after_dismiss_hours * HOUR for o in offers])
         self.claim_cooldown_s = np.array([o.caps.cooldown_after_claim_hours * HOUR for o in offers])
         self.max_claims = np.array([o.caps.max_claims_per_member for o in offers], dtype=np.int64)
@@ -152,17 +165,17 @@ def evaluate(
         dismissed_bad = np.zeros(n, dtype=bool)
         fatigue_bad = np.zeros(n, dtype=bool)
         for offer_id, inter in state.offers.items():
-            i = index.get(offer_id)
-            if i is None:
+            j = index.get(offer_id)
+            if j is None:
                 continue
-            if inter.claims >= table.max_claims[i] or (
-                inter.last_claim_ts and now - inter.last_claim_ts < table.claim_cooldown_s[i]
+            if inter.claims >= table.max_claims[j] or (
+                inter.last_claim_ts and now - inter.last_claim_ts < table.claim_cooldown_s[j]
             ):
-                claimed_bad[i] = True
-            if inter.last_dismiss_ts and now - inter.last_dismiss_ts < table.dismiss_cooldown_s[i]:
-                dismissed_bad[i] = True
-            if inter.impressions_since_action() >= table.max_impressions[i]:
-                fatigue_bad[i] = True
+                claimed_bad[j] = True
+            if inter.last_dismiss_ts and now - inter.last_dismiss_ts < table.dismiss_cooldown_s[j]:
+                dismissed_bad[j] = True
+            if inter.impressions_since_action() >= table.max_impressions[j]:
+                fatigue_bad[j] = True
         fail("claimed", claimed_bad)
         fail("dismissed", dismissed_bad)
         fail("fatigue", fatigue_bad)

@@ -40,23 +40,23 @@ class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, froze
     v: Literal[1] = 1
 
 
-class PageView(_Event, tag="page_view"):
+class PageView(_Event, tag="page_view", frozen=True):
     page_type: PageType
     category: Category | None = None
     product_id: Id | None = None
 
 
-class Search(_Event, tag="search"):
+class Search(_Event, tag="search", frozen=True):
     category: Category | None = None
     query_len: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0
 
 
-class AddToCart(_Event, tag="add_to_cart"):
+class AddToCart(_Event, tag="add_to_cart", frozen=True):
     category: Category
     amount: Money = 0.0
 
 
-class Order(_Event, tag="order"):
+class Order(_Event, tag="order", frozen=True):
     amount: Money
     categories: Annotated[list[Category], msgspec.Meta(max_length=64)] = []
     items: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 1
@@ -64,61 +64,61 @@ class Order(_Event, tag="order"):
     discount: Money = 0.0
 
 
-class CouponClaim(_Event, tag="coupon_claim"):
+class CouponClaim(_Event, tag="coupon_claim", frozen=True):
     offer_id: Id
 
 
-class CouponRedeem(_Event, tag="coupon_redeem"):
+class CouponRedeem(_Event, tag="coupon_redeem", frozen=True):
     offer_id: Id
     discount: Money = 0.0
 
 
-class BenefitUse(_Event, tag="benefit_use"):
+class BenefitUse(_Event, tag="benefit_use", frozen=True):
     offer_id: Id
 
 
-class ConsultBooked(_Event, tag="consult_booked"):
+class ConsultBooked(_Event, tag="consult_booked", frozen=True):
     offer_id: Id
 
 
-class Impression(_Event, tag="impression"):
+class Impression(_Event, tag="impression", frozen=True):
     request_id: Id
     offer_id: Id
     position: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     propensity: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
 
 
-class Click(_Event, tag="click"):
+class Click(_Event, tag="click", frozen=True):
     request_id: Id
     offer_id: Id
 
 
-class Dismiss(_Event, tag="dismiss"):
+class Dismiss(_Event, tag="dismiss", frozen=True):
     request_id: Id
     offer_id: Id
 
 
-class TierChanged(_Event, tag="tier_changed"):
+class TierChanged(_Event, tag="tier_changed", frozen=True):
     tier: Tier
 
 
-class PaidMembershipStarted(_Event, tag="paid_membership_started"):
+class PaidMembershipStarted(_Event, tag="paid_membership_started", frozen=True):
     pass
 
 
-class PaidMembershipEnded(_Event, tag="paid_membership_ended"):
+class PaidMembershipEnded(_Event, tag="paid_membership_ended", frozen=True):
     pass
 
 
-class PointsChanged(_Event, tag="points_changed"):
+class PointsChanged(_Event, tag="points_changed", frozen=True):
     points: Annotated[int, msgspec.Meta(ge=0, le=10**9)]
 
 
-class ConsentChanged(_Event, tag="consent_changed"):
+class ConsentChanged(_Event, tag="consent_changed", frozen=True):
     personalization: bool
 
 
-class ProfileUpdated(_Event, tag="profile_updated"):
+class ProfileUpdated(_Event, tag="profile_updated", frozen=True):
     """Slow-moving attributes the storefront knows at sign-up (birthday month, region, join date)."""
 
     birth_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None

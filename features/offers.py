@@ -74,9 +74,12 @@ class Eligibility(BaseModel):
 
     @model_validator(mode="after")
     def _window(self) -> Eligibility:
-        if self.valid_from_ts is not None and self.valid_to_ts is not None:
-            if self.valid_to_ts <= self.valid_from_ts:
-                raise ValueError("valid_to_ts must be after valid_from_ts")
+        if (
+            self.valid_from_ts is not None
+            and self.valid_to_ts is not None
+            and self.valid_to_ts <= self.valid_from_ts
+        ):
+            raise ValueError("valid_to_ts must be after valid_from_ts")
         return self
 
 
@@ -122,16 +125,18 @@ class Offer(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Offer:
         if self.subtype not in SUBTYPES[self.kind]:
-            raise ValueError(f"subtype {self.subtype!r} is not one of {SUBTYPES[self.kind]} for kind {self.kind}")
+            raise ValueError(
+                f"subtype {self.subtype!r} is not one of {SUBTYPES[self.kind]} for kind {self.kind}"
+            )
         if self.category is not None and self.category not in CATEGORY_INDEX:
             raise ValueError(f"category {self.category!r} is not one of {CATEGORIES}")
         if self.budget is not None and self.cost <= 0:
             raise ValueError("a budgeted offer needs a positive cost")
         if (self.campaign_start_ts is None) != (self.campaign_end_ts is None):
             raise ValueError("campaign_start_ts and campaign_end_ts go together")
-        if self.campaign_start_ts is not None and self.campaign_end_ts is not None:
-            if self.campaign_end_ts <= self.campaign_start_ts:
-                raise ValueError("campaign_end_ts must be after campaign_start_ts")
+        start, end = self.campaign_start_ts, self.campaign_end_ts
+        if start is not None and end is not None and end <= start:
+            raise ValueError("campaign_end_ts must be after campaign_start_ts")
         return self
 
 

@@ -147,7 +147,8 @@ class OfferTable:
         self.index = {oid: i for i, oid in enumerate(self.offer_ids)}
         self.kind_idx = np.array([OFFER_KINDS.index(o.kind) for o in self.offers], dtype=np.int64)
         self.category_idx = np.array(
-            [CATEGORY_INDEX[o.category] if o.category else len(CATEGORIES) for o in self.offers], dtype=np.int64
+            [CATEGORY_INDEX[o.category] if o.category else len(CATEGORIES) for o in self.offers],
+            dtype=np.int64,
         )
         self.value = np.array([o.value for o in self.offers], dtype=np.float64)
         self.threshold = np.array([o.threshold for o in self.offers], dtype=np.float64)

@@ -126,8 +126,8 @@ class MemberStore:
     # -- members -------------------------------------------------------------------------------------
     async def get_member_raw(self, member_id: str) -> bytes | None:
         """The member blob in one round trip (decode with :func:`decode_member`)."""
-        raw: bytes | None = await self.r.get(self.layout.member_key(member_id))
-        return raw
+        raw = await self.r.get(self.layout.member_key(member_id))
+        return bytes(raw) if raw is not None else None
 
     async def get_member(self, member_id: str) -> StoredMember | None:
         raw = await self.get_member_raw(member_id)
@@ -168,7 +168,7 @@ class MemberStore:
     # -- per-partition offer statistics ------------------------------------------------------------
     async def get_offer_stats(self, partition: int) -> StoredOfferStats | None:
         raw = await self.r.get(self.layout.offer_stats_key(partition))
-        return decode_offer_stats(raw) if raw is not None else None
+        return decode_offer_stats(bytes(raw)) if raw is not None else None
 
     async def put_offer_stats(self, stored: StoredOfferStats) -> None:
         await self.r.set(
@@ -183,13 +183,15 @@ class MemberStore:
         for key in keys:
             raw = await self.r.get(key)
             if raw is not None:
-                out.append(decode_offer_stats(raw))
+                out.append(decode_offer_stats(bytes(raw)))
         return out
 
     # -- inventory -----------------------------------------------------------------------------------
     async def reserve(self, offer_id: str, limit: int, ttl_seconds: int, n: int = 1) -> int | None:
         """Atomically reserve ``n`` units; returns units used after, or None when sold out."""
-        used = int(await self._reserve(keys=[self.layout.inventory_key(offer_id)], args=[n, limit, ttl_seconds]))
+        used = int(
+            await self._reserve(keys=[self.layout.inventory_key(offer_id)], args=[n, limit, ttl_seconds])
+        )
         return None if used < 0 else used
 
     async def reserved(self, offer_ids: list[str]) -> dict[str, int]:
