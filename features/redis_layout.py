@@ -49,6 +49,11 @@ class StoredOfferStats(msgspec.Struct):
     layout: int = LAYOUT_VERSION
 
 
+def _b(raw: bytes | str) -> bytes:
+    # The client is created without decode_responses, so values are bytes; the str branch is for typing.
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
 _member_enc = msgspec.msgpack.Encoder()
 _member_dec = msgspec.msgpack.Decoder(StoredMember)
 _stats_dec = msgspec.msgpack.Decoder(StoredOfferStats)
@@ -127,7 +132,7 @@ class MemberStore:
     async def get_member_raw(self, member_id: str) -> bytes | None:
         """The member blob in one round trip (decode with :func:`decode_member`)."""
         raw = await self.r.get(self.layout.member_key(member_id))
-        return bytes(raw) if raw is not None else None
+        return _b(raw) if raw is not None else None
 
     async def get_member(self, member_id: str) -> StoredMember | None:
         raw = await self.get_member_raw(member_id)
@@ -168,7 +173,7 @@ class MemberStore:
     # -- per-partition offer statistics ------------------------------------------------------------
     async def get_offer_stats(self, partition: int) -> StoredOfferStats | None:
         raw = await self.r.get(self.layout.offer_stats_key(partition))
-        return decode_offer_stats(bytes(raw)) if raw is not None else None
+        return decode_offer_stats(_b(raw)) if raw is not None else None
 
     async def put_offer_stats(self, stored: StoredOfferStats) -> None:
         await self.r.set(
@@ -183,7 +188,7 @@ class MemberStore:
         for key in keys:
             raw = await self.r.get(key)
             if raw is not None:
-                out.append(decode_offer_stats(bytes(raw)))
+                out.append(decode_offer_stats(_b(raw)))
         return out
 
     # -- inventory -----------------------------------------------------------------------------------
