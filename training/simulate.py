@@ -95,13 +95,27 @@ _CAT_BASE = np.array(
     ]
 )
 _TIER_P = np.array(
-    [[0.5, 0.3, 0.15, 0.05], [0.6, 0.3, 0.1, 0.0], [0.3, 0.4, 0.25, 0.05], [0.0, 0.15, 0.45, 0.4], [0.6, 0.25, 0.12, 0.03]]
+    [
+        [0.5, 0.3, 0.15, 0.05],
+        [0.6, 0.3, 0.1, 0.0],
+        [0.3, 0.4, 0.25, 0.05],
+        [0.0, 0.15, 0.45, 0.4],
+        [0.6, 0.25, 0.12, 0.03],
+    ]
 )
 _PAID_P = np.array([0.15, 0.05, 0.15, 0.85, 0.08])
 _REGION_P = np.array(
-    [[0.5, 0.35, 0.1, 0.05], [0.05, 0.2, 0.45, 0.3], [0.25, 0.35, 0.25, 0.15], [0.6, 0.3, 0.08, 0.02], [0.3] * 3 + [0.1]]
+    [
+        [0.5, 0.35, 0.1, 0.05],
+        [0.05, 0.2, 0.45, 0.3],
+        [0.25, 0.35, 0.25, 0.15],
+        [0.6, 0.3, 0.08, 0.02],
+        [0.3, 0.3, 0.3, 0.1],
+    ]
 )
-_DEVICE_P = np.array([[0.5, 0.45, 0.05], [0.15, 0.75, 0.1], [0.2, 0.4, 0.4], [0.6, 0.2, 0.2], [0.34, 0.33, 0.33]])
+_DEVICE_P = np.array(
+    [[0.5, 0.45, 0.05], [0.15, 0.75, 0.1], [0.2, 0.4, 0.4], [0.6, 0.2, 0.2], [0.34, 0.33, 0.33]]
+)
 _CHANNEL_P = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.5, 0.2, 0.3], [0.7, 0.1, 0.2], [0.5, 0.25, 0.25]])
 _SESSIONS_PER_DAY = np.array([1.2, 0.9, 0.6, 1.0, 0.5])
 _PAGES_MEAN = np.array([3.5, 2.5, 2.0, 2.5, 2.0])
@@ -112,8 +126,10 @@ _PARENT_P = np.array([0.2, 0.2, 0.02, 0.1, 0.12])
 
 # Hour-of-day and day-of-week traffic shape (UTC stands in for local time).
 _HOURLY = np.array(
-    [0.2, 0.1, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.8, 0.9, 1.0, 1.1, 1.3, 1.1, 1.0, 1.0, 1.0, 1.1, 1.3, 1.6, 1.9, 2.0]
-    + [1.6, 0.8]
+    [
+        *(0.2, 0.1, 0.05, 0.05, 0.05, 0.1, 0.3, 0.6, 0.8, 0.9, 1.0, 1.1),
+        *(1.3, 1.1, 1.0, 1.0, 1.0, 1.1, 1.3, 1.6, 1.9, 2.0, 1.6, 0.8),
+    ]
 )
 _WEEKLY = np.array([1.0, 1.0, 1.0, 1.0, 1.1, 1.35, 1.3])  # Monday first
 SALES_TRAFFIC = 2.5
@@ -127,7 +143,8 @@ def _affinity() -> np.ndarray:
         for sub, v in kw.items():
             a[_SEG[seg], _SUB[sub]] = v
 
-    put("trend_seeker", limited=1.9, category=0.4, beauty=0.8, stylist=1.2, partner_perk=0.9, no_threshold=0.2)
+    put("trend_seeker", limited=1.9, category=0.4, beauty=0.8, stylist=1.2, partner_perk=0.9)
+    put("trend_seeker", no_threshold=0.2)
     put("trend_seeker", health=-1.2, financial_planning=-0.8, home_pickup_returns=-0.6, nutrition=-0.5)
     put("price_sensitive", threshold=1.0, no_threshold=1.5, category=1.0, shipping=1.1, points_multiplier=0.9)
     put("price_sensitive", limited=0.3, stylist=-1.0, priority_delivery=-0.8, partner_perk=-0.6)
@@ -235,7 +252,7 @@ def make_members(cfg: SimConfig, rng: np.random.Generator) -> Members:
 
 def _intensity(cfg: SimConfig, sales_day: int) -> np.ndarray:
     """Relative traffic per hour of the horizon."""
-    n_hours = int(math.ceil(cfg.days * 24))
+    n_hours = math.ceil(cfg.days * 24)
     hours = np.arange(n_hours)
     ts = cfg.start_ts + hours * HOUR
     dow = ((ts // DAY).astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
@@ -289,7 +306,8 @@ def make_timeline(cfg: SimConfig, m: Members, rng: np.random.Generator, sales_da
     cum -= np.repeat(cum[starts], n_pages)
     p_ts = s_ts[p_sess] + cum
     # Page types: home or search first; then mostly category/product pages.
-    later_types = np.array([ev.PAGE_TYPES.index(t) for t in ("category", "product", "search", "member_center", "cart")])
+    later_names = ("category", "product", "search", "member_center", "cart")
+    later_types = np.array([ev.PAGE_TYPES.index(t) for t in later_names])
     later = later_types[_pick(rng, np.tile([0.3, 0.45, 0.15, 0.05, 0.05], (len(p_sess), 1)))]
     first_types = np.array([ev.PAGE_TYPES.index("home"), ev.PAGE_TYPES.index("search")])
     first_t = first_types[(rng.random(len(p_sess)) < 0.25).astype(np.int64)]
@@ -370,7 +388,8 @@ def true_logit(
     z = z + 0.5 * page_match
     coupon = kind_idx == OFFER_KINDS.index("coupon")
     rel_value = value / np.maximum(threshold, 40.0)
-    z = z + np.where(coupon, (1.6 if seg == _SEG["price_sensitive"] else 0.3) * np.minimum(rel_value, 1.0), 0.0)
+    value_weight = 1.6 if seg == _SEG["price_sensitive"] else 0.3
+    z = z + np.where(coupon, value_weight * np.minimum(rel_value, 1.0), 0.0)
     # Threshold far above the usual basket: unreachable, hence unattractive.
     z = z - np.where(threshold > 1.5 * basket, 0.9, 0.0)
     if birthday:
@@ -402,8 +421,12 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
     value = table.value
     threshold = table.threshold
     cost = table.cost
-    claim_kind = {"coupon": ev.CouponClaim, "benefit": ev.BenefitUse, "consult": ev.ConsultBooked}
-    claim_cls = [claim_kind[o.kind] for o in catalog]
+    claim_kind: dict[str, Any] = {
+        "coupon": ev.CouponClaim,
+        "benefit": ev.BenefitUse,
+        "consult": ev.ConsultBooked,
+    }
+    claim_cls: list[Any] = [claim_kind[o.kind] for o in catalog]
     claimed = np.zeros(n_off)
     cost_used = np.zeros(n_off)
     wallets: dict[int, list[int]] = {}  # member -> claimed, unredeemed coupon offers
@@ -423,14 +446,18 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                 region=REGIONS[members.region[i]],
                 joined_ts=float(members.joined_ts[i]),
             ),
-            ev.TierChanged(event_id=sink.eid(), member_id=mid, event_ts=t0 + 0.1, tier=ev.TIERS[members.tier[i]]),
-            ev.PointsChanged(event_id=sink.eid(), member_id=mid, event_ts=t0 + 0.2, points=int(members.points[i])),
+            ev.TierChanged(
+                event_id=sink.eid(), member_id=mid, event_ts=t0 + 0.1, tier=ev.TIERS[members.tier[i]]
+            ),
+            ev.PointsChanged(
+                event_id=sink.eid(), member_id=mid, event_ts=t0 + 0.2, points=int(members.points[i])
+            ),
         ]
         if members.paid[i]:
             attrs.append(ev.PaidMembershipStarted(event_id=sink.eid(), member_id=mid, event_ts=t0 + 0.3))
-        for e in attrs:
-            sink.add(e)
-            apply(states[i], e)
+        for a in attrs:
+            sink.add(a)
+            apply(states[i], a)
 
     pending: list[tuple[float, int, int, ev.Event]] = []  # outcome events not yet due, by time
     seq = 0
@@ -476,8 +503,8 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
             t = float(ts_arr[p])
             # Outcomes due before this page are folded now, so the logging policy only sees the past.
             while pending and pending[0][0] < t:
-                _, _, who, e = heapq.heappop(pending)
-                apply(states[who], e)
+                _, _, who, due = heapq.heappop(pending)
+                apply(states[who], due)
             mi = int(mem_arr[p])
             mid = mids[mi]
             st = states[mi]
@@ -488,7 +515,13 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
             if ptype == "search":
                 e = ev.Search(event_id=sink.eid(), member_id=mid, event_ts=t, category=cname, query_len=8)
             else:
-                e = ev.PageView(event_id=sink.eid(), member_id=mid, event_ts=t, page_type=ptype, category=cname)
+                e = ev.PageView(
+                    event_id=sink.eid(),
+                    member_id=mid,
+                    event_ts=t,
+                    page_type=ptype,  # type: ignore[arg-type]
+                    category=cname,
+                )
             sink.add(e)
             apply(st, e)
 
@@ -520,7 +553,11 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                             counter = st.cat_interest.get(fc)
                             if counter is not None:
                                 interest[j] = counter.at_index(rt, 1)
-                    shown = np.array([st.offers[offer_ids[o]].shown if offer_ids[o] in st.offers else 0 for o in chosen])
+                    shown = np.zeros(k)
+                    for j, oi in enumerate(chosen):
+                        inter = st.offers.get(offer_ids[oi])
+                        if inter is not None:
+                            shown[j] = inter.shown
                     hour = int((rt % DAY) // HOUR)
                     month = time.gmtime(rt).tm_mon
                     z = true_logit(
@@ -562,11 +599,19 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                         if click[j]:
                             ct = rt + 2.0 + 3.0 * j + float(u[j, 1]) * 10.0
                             outcome.append(
-                                ev.Click(event_id=sink.eid(), member_id=mid, event_ts=ct, request_id=rid, offer_id=oid)
+                                ev.Click(
+                                    event_id=sink.eid(),
+                                    member_id=mid,
+                                    event_ts=ct,
+                                    request_id=rid,
+                                    offer_id=oid,
+                                )
                             )
                             if claim[j]:
                                 outcome.append(
-                                    claim_cls[oi](event_id=sink.eid(), member_id=mid, event_ts=ct + 4.0, offer_id=oid)
+                                    claim_cls[oi](
+                                        event_id=sink.eid(), member_id=mid, event_ts=ct + 4.0, offer_id=oid
+                                    )
                                 )
                                 claimed[oi] += 1
                                 cost_used[oi] += cost[oi]
@@ -575,7 +620,11 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                         elif dismiss[j]:
                             outcome.append(
                                 ev.Dismiss(
-                                    event_id=sink.eid(), member_id=mid, event_ts=rt + 3.0, request_id=rid, offer_id=oid
+                                    event_id=sink.eid(),
+                                    member_id=mid,
+                                    event_ts=rt + 3.0,
+                                    request_id=rid,
+                                    offer_id=oid,
                                 )
                             )
                         for oe in outcome:
@@ -600,7 +649,9 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
             amount = float(cart_arr[p])
             if amount > 0:
                 ct = t + 20.0
-                ce = ev.AddToCart(event_id=sink.eid(), member_id=mid, event_ts=ct, category=cname or "other", amount=amount)
+                ce = ev.AddToCart(
+                    event_id=sink.eid(), member_id=mid, event_ts=ct, category=cname or "other", amount=amount
+                )
                 sink.add(ce)
                 apply(st, ce)
             amount = float(order_arr[p])
@@ -617,7 +668,8 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                 cats = [cname or "other"]
                 if rng.random() < 0.3:
                     cats.append(SHOP_CATEGORIES[int(rng.integers(0, len(SHOP_CATEGORIES)))])
-                if c == baby or (members.parent_ts[mi] > 0 and t >= members.parent_ts[mi] and rng.random() < 0.3):
+                parent_now = members.parent_ts[mi] > 0 and t >= members.parent_ts[mi]
+                if c == baby or (parent_now and rng.random() < 0.3):
                     cats.append("baby")
                 oe2: list[ev.Event] = [
                     ev.Order(
@@ -634,11 +686,17 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                 if coupon is not None:
                     oe2.append(
                         ev.CouponRedeem(
-                            event_id=sink.eid(), member_id=mid, event_ts=ot + 0.5, offer_id=coupon, discount=discount
+                            event_id=sink.eid(),
+                            member_id=mid,
+                            event_ts=ot + 0.5,
+                            offer_id=coupon,
+                            discount=discount,
                         )
                     )
                 new_points = st.points + int(amount)
-                oe2.append(ev.PointsChanged(event_id=sink.eid(), member_id=mid, event_ts=ot + 1.0, points=new_points))
+                oe2.append(
+                    ev.PointsChanged(event_id=sink.eid(), member_id=mid, event_ts=ot + 1.0, points=new_points)
+                )
                 for e2 in oe2:
                     sink.add(e2)
                     seq += 1
@@ -694,7 +752,12 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
 
 
 def simulate_to_dir(
-    out: Path, n_members: int = 2000, days: float = 14.0, n_offers: int = 200, seed: int = 1, progress: bool = True
+    out: Path,
+    n_members: int = 2000,
+    days: float = 14.0,
+    n_offers: int = 200,
+    seed: int = 1,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Simulate into ``out`` (see the module docstring for the files). Returns the meta dict."""
     cfg = SimConfig(n_members=n_members, days=days, n_offers=n_offers, seed=seed, progress=progress)
