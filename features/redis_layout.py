@@ -123,7 +123,7 @@ class RedisLayout:
 class MemberStore:
     """Async access to the layout. One code path for the worker, the service and the tests."""
 
-    def __init__(self, client: aioredis.Redis, layout: RedisLayout) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, layout: RedisLayout) -> None:
         self.r = client
         self.layout = layout
         self._reserve = client.register_script(_RESERVE_LUA)

@@ -20,7 +20,7 @@ FORBIDDEN = {
     "uvicorn",
 }
 #: Adapters live beside the core but are allowed I/O; everything else in features/ is core.
-ADAPTER_PREFIXES = ("redis_layout", "stream", "replay_", "eventlog_kafka")
+ADAPTER_PREFIXES = ("redis_layout", "redis_client", "stream", "replay_", "eventlog_kafka")
 CORE_FILES = sorted(
     p
     for p in (ROOT / "features").glob("*.py")

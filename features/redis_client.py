@@ -1,0 +1,93 @@
+"""The one factory for Redis clients: the stream worker and the API both call :func:`connect`.
+
+Same code, two deployments: ``cluster=False`` gives a plain ``redis.asyncio.Redis`` (one server, or a
+proxy in front of many); ``cluster=True`` gives a ``redis.asyncio.RedisCluster`` that reads the slot
+map from the node named in ``url`` and talks to every master directly. :class:`MemberStore
+<features.redis_layout.MemberStore>` works unchanged on both because the layout keeps each member in
+one hash slot (``{member_id}`` tag) and never uses a cross-slot transaction (tested in
+``tests/cluster/``).
+
+Why these options:
+
+- ``socket_timeout`` / ``socket_connect_timeout`` from ``redis_timeout_ms``: the request path has a
+  deadline of tens of milliseconds, so a hung node must fail fast and the service degrades to default
+  features instead of queueing behind it. The worker retries failed batches itself (with backoff).
+- ``decode_responses=False``: member blobs are msgpack bytes; decoding to str would corrupt them.
+- ``health_check_interval``: a connection idle for longer than this is PINGed before reuse, so a
+  connection cut by a load balancer or a failover is found on checkout, not on the first real read.
+- ``retry``: a small bounded retry with jittered exponential backoff for connection errors and
+  timeouts. On a cluster the same object bounds retries on ``ClusterDownError`` / connection errors
+  while the client refreshes its slot map. ``MOVED``/``ASK`` redirects (resharding, failover) are
+  followed by ``RedisCluster`` itself, independent of ``retry``; ``reinitialize_steps`` sets after
+  how many ``MOVED`` replies it reloads the whole slot map instead of patching one slot.
+- ``require_full_coverage=True``: refuse to start against a cluster that does not cover every slot;
+  a half-built cluster would fail some members' reads and not others.
+- ``max_connections``: per node on a cluster, for the whole pool on a single server. Sized for the
+  API's ``max_in_flight`` concurrency per process.
+
+Hazards:
+
+- Reads go to masters only (no ``load_balancing_strategy``): a replica can lag behind the worker's
+  writes, which would show a member a ranking older than their own last click.
+- ``RedisCluster`` does not support ``db`` other than 0: cluster URLs must end in ``/0`` or nothing.
+- The clients are not fork safe: create them inside the process (the lifespan / worker start), after
+  uvicorn or Faust have forked.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Either client; both expose the same command API used by MemberStore.
+AnyRedis = aioredis.Redis | aioredis.RedisCluster
+
+#: Retries after the first attempt; each waits base * 2^n with full jitter, capped.
+RETRIES = 2
+BACKOFF_BASE_S = 0.005
+BACKOFF_CAP_S = 0.1
+#: Seconds a pooled connection may sit idle before it is PINGed on checkout.
+HEALTH_CHECK_INTERVAL_S = 15
+#: Connections per node (cluster) or per pool (single server).
+MAX_CONNECTIONS = 512
+#: MOVED replies tolerated before the cluster client reloads the full slot map.
+REINITIALIZE_STEPS = 5
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), RETRIES)
+
+
+def connect(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aioredis.RedisCluster:
+    """A client for ``url`` (``redis://`` or ``rediss://``); a cluster client when ``cluster``.
+
+    No I/O happens here: the connection (and, on a cluster, the slot-map discovery) happens on the
+    first command. Close with ``await client.aclose()``.
+    """
+    timeout_s = timeout_ms / 1000.0
+    if cluster:
+        return aioredis.RedisCluster.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=False,
+            health_check_interval=HEALTH_CHECK_INTERVAL_S,
+            retry=_retry(),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            require_full_coverage=True,
+            reinitialize_steps=REINITIALIZE_STEPS,
+            max_connections=MAX_CONNECTIONS,
+        )
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=False,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=_retry(),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=MAX_CONNECTIONS,
+    )
