@@ -1,0 +1,235 @@
+"""The recommend API: ``create_app(settings)`` builds it, ``serve(settings)`` runs it under uvicorn.
+
+The lifespan owns every shared resource (Redis client, catalog, model, event publisher, pollers) and
+hands them to routes as typed dependencies (``service/deps.py``). Errors are mapped to HTTP here and
+only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from benefits.registry import Registry
+from benefits.settings import Settings
+from features.redis_layout import MemberStore
+from service import api
+from service.auth import KeyRing
+from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
+from service.deps import Resources
+from service.errors import ServiceError
+from service.feedback import FeedbackService
+from service.metrics import Metrics
+from service.middleware import EdgeLimits
+from service.model import ModelHolder
+from service.publisher import Publisher
+from service.ranking import Policy
+from service.recommend import Recommender
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    if settings.redis_url is None:
+        raise ValueError("redis_url is required (serve() starts an embedded Redis in dev when it is unset)")
+    timeout_s = settings.redis_timeout_ms / 1000
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        # No retries: the request deadline is shorter than any backoff; a failure means "answer the fallback".
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max(16, settings.max_in_flight),
+    )
+
+
+async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``fn`` every ``seconds`` forever; log failures and carry on (a poller must never die)."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("%s: store unreachable (%s)", what, exc)
+        except Exception:
+            log.exception("%s failed", what)
+
+
+async def _initial_catalog(res: Resources) -> None:
+    """Seed an empty catalog, then load it. If Redis is down, serve the seed in process (version 0)."""
+    settings = res.settings
+    seed = load_seed(settings.catalog_seed_path, time.time())
+    try:
+        if await res.catalog_store.seed_if_empty(seed):
+            log.info("catalog was empty: seeded %d offers", len(seed))
+        await res.catalog.refresh()
+        await res.catalog.refresh_usage()
+    except (RedisError, OSError) as exc:
+        log.warning("catalog store unreachable at start (%s): serving the seed catalog until it is back", exc)
+        res.catalog.current = build_snapshot(0, seed, time.time())
+
+
+def _update_gauges(res: Resources, counted_refusals: set[tuple[str, int]]) -> None:
+    res.metrics.set_model(res.models.version)
+    for key, exc in res.models.refused.items():
+        if key not in counted_refusals:
+            counted_refusals.add(key)
+            res.metrics.model_refused.labels(reason=exc.reason).inc()
+    snap = res.catalog.current
+    if snap is not None:
+        res.metrics.catalog_version.set(snap.version)
+        res.metrics.catalog_offers.set(len(snap))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis_client(settings)
+        store = MemberStore(client, settings.layout)
+        catalog_store = CatalogStore(client, settings.layout)
+        catalog = CatalogHolder(catalog_store, store)
+        registry = Registry(settings.registry_dir)
+        models = ModelHolder(registry)
+        publisher = Publisher(settings.kafka_bootstrap, settings.events_topic)
+        policy = Policy(
+            max_per_category=settings.slate_max_per_category,
+            min_kinds=settings.slate_min_kinds,
+            value_weight=settings.value_weight,
+            epsilon=settings.exploration_epsilon,
+        )
+        res = Resources(
+            settings=settings,
+            redis=client,
+            catalog=catalog,
+            catalog_store=catalog_store,
+            models=models,
+            registry=registry,
+            recommender=Recommender(
+                store,
+                catalog,
+                models,
+                metrics,
+                policy,
+                settings.deadline_ms,
+                settings.member_hash_salt.get_secret_value().encode(),
+            ),
+            feedback=FeedbackService(store, catalog, publisher, metrics),
+            metrics=metrics,
+            keys=KeyRing(settings.storefront_api_keys, settings.admin_api_keys),
+        )
+        app.state.resources = res
+        counted: set[tuple[str, int]] = set()
+        await asyncio.to_thread(models.refresh)
+        if models.version is None:
+            log.warning("no promoted model in %s: answering non-personalised rankings", settings.registry_dir)
+        await _initial_catalog(res)
+        _update_gauges(res, counted)
+        publisher.start()
+
+        async def poll_models() -> None:
+            await asyncio.to_thread(models.refresh)
+            _update_gauges(res, counted)
+
+        async def poll_catalog() -> None:
+            await catalog.refresh()
+            await catalog.refresh_usage()
+            _update_gauges(res, counted)
+
+        tasks = [
+            asyncio.create_task(_every(settings.model_poll_seconds, "model poll", poll_models)),
+            asyncio.create_task(_every(settings.catalog_poll_seconds, "catalog poll", poll_catalog)),
+        ]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await publisher.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="Benefit recommendations",
+        version="1",
+        lifespan=lifespan,
+        description="Ranks coupons, membership benefits and consult offers per member and page.",
+    )
+    app.include_router(api.storefront)
+    app.include_router(api.admin)
+    app.include_router(api.ops)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        return Response(
+            orjson.dumps({"error": exc.code, "message": exc.message}),
+            status_code=exc.status,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        fields = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            fields.append({"field": ".".join(loc) or "body", "message": err.get("msg", "invalid")})
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return Response(
+            orjson.dumps({"error": "invalid_request", "message": message, "fields": fields}),
+            status_code=422,
+            media_type="application/json",
+        )
+
+    app.add_middleware(
+        EdgeLimits,  # type: ignore[arg-type]
+        max_in_flight=settings.max_in_flight,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+    )
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run one uvicorn process (uvloop + httptools). Starts an embedded Redis when none is configured
+    (dev and test only)."""
+    import uvicorn
+
+    from benefits.embedded import start_redis
+
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            if settings.environment == "prod":
+                raise ValueError("environment=prod needs BENEFITS_REDIS_URL")
+            svc = start_redis()
+            stack.callback(svc.stop)
+            log.warning("no BENEFITS_REDIS_URL: started an embedded Redis at %s", svc.url)
+            settings = settings.model_copy(update={"redis_url": svc.url})
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,  # one structured line per recommend request instead (service.requests)
+            log_config=None,  # logging is configured by the entry point (benefits.cli)
+            workers=1,
+        )

@@ -1,0 +1,230 @@
+"""The offer catalog in process: read from Redis in the background, never on the request path.
+
+The source of truth is the catalog hash and its version key (see ``features/redis_layout.py``). Every
+write (admin API) changes the hash and bumps the version in one MULTI; every replica polls the version
+key each ``catalog_poll_seconds`` and, when it changed, rebuilds :class:`OfferTable` and
+:class:`EligibilityTable` and swaps a new immutable :class:`CatalogSnapshot` in with one assignment.
+
+Aggregate statistics (smoothed click/claim priors, budget spent) and inventory reserved so far are
+refreshed on the same timer into a new snapshot. Between two refreshes eligibility may let a just-sold-
+out offer through for up to one poll interval: the claim itself is the atomic gate (Lua reserve), so
+this never oversells, it only shows an offer that will answer "sold out".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from features.demo_catalog import demo_catalog
+from features.eligibility import EligibilityTable
+from features.offer_stats import OfferCounters, merge_all
+from features.offers import Offer
+from features.projection import OfferTable
+from features.redis_layout import MemberStore, RedisLayout
+
+log = logging.getLogger(__name__)
+
+# Insert every offer only if the catalog hash is empty, in one atomic step, so replicas starting
+# together cannot interleave two seeds. KEYS: catalog, version. ARGV: ttl, then id/json pairs.
+_SEED_LUA = """
+if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    """One catalog version with its column tables and usage arrays; immutable once published."""
+
+    version: int
+    offers: list[Offer]
+    table: OfferTable
+    elig: EligibilityTable
+    #: Units reserved per offer (inventory), aligned with ``offers``.
+    claimed: np.ndarray
+    #: Budget spent per offer, aligned with ``offers``.
+    cost_used: np.ndarray
+    #: Multiplier in (0, 1]: < 1 when a budgeted offer spends ahead of its campaign schedule.
+    pacing: np.ndarray
+    #: offer value scaled to [0, 1] by the catalog maximum (value-aware score).
+    value_norm: np.ndarray
+    pinned: np.ndarray
+    loaded_at: float = field(default_factory=time.time)
+
+    def __len__(self) -> int:
+        return len(self.offers)
+
+
+def build_snapshot(
+    version: int,
+    offers: list[Offer],
+    now: float,
+    stats: dict[str, OfferCounters] | None = None,
+    reserved: dict[str, int] | None = None,
+) -> CatalogSnapshot:
+    """Column tables for ``offers`` (sorted by id so every replica has the same order)."""
+    offers = sorted(offers, key=lambda o: o.offer_id)
+    table = OfferTable(offers)
+    return _with_usage(version, offers, table, EligibilityTable(offers), now, stats or {}, reserved or {})
+
+
+def _with_usage(
+    version: int,
+    offers: list[Offer],
+    table: OfferTable,
+    elig: EligibilityTable,
+    now: float,
+    stats: dict[str, OfferCounters],
+    reserved: dict[str, int],
+) -> CatalogSnapshot:
+    n = len(offers)
+    claimed = np.zeros(n, dtype=np.float64)
+    cost_used = np.zeros(n, dtype=np.float64)
+    for oid, used in reserved.items():
+        i = table.index.get(oid)
+        if i is not None:
+            claimed[i] = used
+    for oid, c in stats.items():
+        i = table.index.get(oid)
+        if i is not None:
+            cost_used[i] = c.cost_used
+    if stats or reserved:
+        # with_stats mutates the table: work on a copy so a request holding the old snapshot is untouched.
+        table = copy.copy(table)
+        table.static = table.static.copy()
+        table.with_stats(stats, reserved)
+    pacing = np.ones(n, dtype=np.float64)
+    for i, o in enumerate(offers):
+        if o.budget is None or o.budget <= 0 or o.campaign_start_ts is None or o.campaign_end_ts is None:
+            continue
+        duration = o.campaign_end_ts - o.campaign_start_ts
+        time_left = min(1.0, max(0.0, (o.campaign_end_ts - now) / duration))
+        budget_left = max(0.0, 1.0 - cost_used[i] / o.budget)
+        # On schedule (budget left >= time left) -> 1; spending ahead of schedule -> damped, floor 0.1.
+        pacing[i] = 1.0 if budget_left >= time_left else max(0.1, budget_left / max(time_left, 1e-6))
+    max_value = float(table.value.max()) if n else 0.0
+    value_norm = table.value / max_value if max_value > 0 else np.zeros(n)
+    pinned = np.array([o.pinned for o in offers], dtype=bool)
+    return CatalogSnapshot(version, offers, table, elig, claimed, cost_used, pacing, value_norm, pinned)
+
+
+def load_seed(path: Path | None, now: float) -> list[Offer]:
+    """Offers to seed an empty catalog: a JSON list of offers at ``path``, else the demo catalog."""
+    if path is None:
+        # Campaigns started a day ago so the demo catalog is valid right away.
+        return demo_catalog(start_ts=float(int(now // 86400) * 86400 - 86400))
+    raw = orjson.loads(Path(path).read_bytes())
+    return [Offer.model_validate(o) for o in raw]
+
+
+class CatalogStore:
+    """Catalog reads and writes in Redis (the hash + version key of the layout)."""
+
+    def __init__(self, client: aioredis.Redis, layout: RedisLayout) -> None:
+        self.r = client
+        self.layout = layout
+        self._seed = client.register_script(_SEED_LUA)
+
+    async def version(self) -> int:
+        raw = await self.r.get(self.layout.catalog_version_key)
+        return int(raw) if raw is not None else 0
+
+    async def read_all(self) -> tuple[int, list[Offer]]:
+        """(version, offers) read in one MULTI so the pair is consistent; invalid stored offers skipped."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.get(self.layout.catalog_version_key)
+            pipe.hgetall(self.layout.catalog_key)
+            raw_version, raw_offers = await pipe.execute()
+        offers = []
+        for oid, raw in raw_offers.items():
+            try:
+                offers.append(Offer.model_validate_json(raw))
+            except ValidationError as exc:
+                log.error("stored offer %r is invalid, skipped: %s", oid, exc.errors()[:1])
+        return (int(raw_version) if raw_version is not None else 0), offers
+
+    async def get(self, offer_id: str) -> Offer | None:
+        raw = await self.r.hget(self.layout.catalog_key, offer_id)
+        return Offer.model_validate_json(raw) if raw is not None else None
+
+    async def put(self, offer: Offer) -> int:
+        """Create or replace one offer; returns the new catalog version."""
+        ttl = self.layout.catalog_ttl_seconds
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.layout.catalog_key, offer.offer_id, offer.model_dump_json())
+            pipe.incr(self.layout.catalog_version_key)
+            pipe.expire(self.layout.catalog_key, ttl)
+            pipe.expire(self.layout.catalog_version_key, ttl)
+            res = await pipe.execute()
+        return int(res[1])
+
+    async def seed_if_empty(self, offers: list[Offer]) -> bool:
+        args: list[str | int] = [self.layout.catalog_ttl_seconds]
+        for o in offers:
+            args += [o.offer_id, o.model_dump_json()]
+        done = await self._seed(keys=[self.layout.catalog_key, self.layout.catalog_version_key], args=args)
+        return bool(done)
+
+    async def touch(self) -> None:
+        """Refresh the TTLs (every key has one; a live catalog must not expire)."""
+        ttl = self.layout.catalog_ttl_seconds
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.expire(self.layout.catalog_key, ttl)
+            pipe.expire(self.layout.catalog_version_key, ttl)
+            await pipe.execute()
+
+
+class CatalogHolder:
+    """The current :class:`CatalogSnapshot` of this process, refreshed by a background poller."""
+
+    def __init__(self, store: CatalogStore, members: MemberStore) -> None:
+        self.store = store
+        self.members = members
+        self.current: CatalogSnapshot | None = None
+        self._stats: dict[str, OfferCounters] = {}
+        self._reserved: dict[str, int] = {}
+        self._last_touch = 0.0
+
+    async def refresh(self, now: float | None = None) -> bool:
+        """Reload when the version key changed; returns True when a new version was installed."""
+        now = time.time() if now is None else now
+        version = await self.store.version()
+        current = self.current
+        if current is not None and version == current.version:
+            return False
+        version, offers = await self.store.read_all()
+        self.current = build_snapshot(version, offers, now, self._stats, self._reserved)
+        log.info("catalog version %d installed (%d offers)", version, len(offers))
+        return True
+
+    async def refresh_usage(self, now: float | None = None) -> None:
+        """Re-read per-offer statistics and reserved inventory into a new snapshot of the same version."""
+        now = time.time() if now is None else now
+        snap = self.current
+        if snap is None:
+            return
+        parts = await self.members.all_offer_stats()
+        self._stats = merge_all([p.counters for p in parts])
+        limited = [o.offer_id for o in snap.offers if o.inventory is not None]
+        self._reserved = await self.members.reserved(limited)
+        snap = self.current  # may have been replaced while we awaited
+        if snap is not None:
+            self.current = _with_usage(
+                snap.version, snap.offers, snap.table, snap.elig, now, self._stats, self._reserved
+            )
+        if now - self._last_touch > 3600:
+            await self.store.touch()
+            self._last_touch = now

@@ -1,0 +1,63 @@
+"""Typed dependencies: the lifespan builds one :class:`Resources`; routes receive pieces of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from benefits.registry import Registry
+from benefits.settings import Settings
+from service.auth import KeyRing
+from service.catalog import CatalogHolder, CatalogStore
+from service.feedback import FeedbackService
+from service.metrics import Metrics
+from service.model import ModelHolder
+from service.recommend import Recommender
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    redis: aioredis.Redis
+    catalog: CatalogHolder
+    catalog_store: CatalogStore
+    models: ModelHolder
+    registry: Registry
+    recommender: Recommender
+    feedback: FeedbackService
+    metrics: Metrics
+    keys: KeyRing
+
+
+def _resources(request: Request) -> Resources:
+    res: Resources = request.app.state.resources
+    return res
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
+
+
+def _recommender(res: ResourcesDep) -> Recommender:
+    return res.recommender
+
+
+def _feedback(res: ResourcesDep) -> FeedbackService:
+    return res.feedback
+
+
+RecommenderDep = Annotated[Recommender, Depends(_recommender)]
+FeedbackDep = Annotated[FeedbackService, Depends(_feedback)]
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (scope storefront or admin)")
+
+
+def require_storefront(res: ResourcesDep, key: Annotated[str | None, Security(_api_key)]) -> None:
+    res.keys.require(key, "storefront")
+
+
+def require_admin(res: ResourcesDep, key: Annotated[str | None, Security(_api_key)]) -> None:
+    res.keys.require(key, "admin")

@@ -1,0 +1,72 @@
+"""The service's exception tree. Domain code raises these; ``service.app`` maps them to HTTP in one place.
+
+::
+
+    ServiceError                 500 internal        base; never raised directly on a valid request
+    ├── Unauthorized             401 unauthorized    missing or unknown API key
+    ├── Forbidden                403 forbidden       key valid but lacks the route's scope
+    ├── NotFound                 404 not_found       offer / model version / member unknown
+    ├── Conflict                 409 conflict        offer exists already, offer sold out
+    ├── Invalid                  422 invalid         semantically invalid input (offer id mismatch,
+    │                                                model refused on promote)
+    ├── PayloadTooLarge          413 too_large       body over settings.max_body_bytes
+    └── Unavailable              503 unavailable     a dependency is down (broker) or overloaded
+
+Model loading has its own :class:`ModelRefused` (not HTTP-shaped: the poller logs and keeps the old model;
+the promote route wraps it in :class:`Invalid`).
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Invalid(ServiceError):
+    status = 422
+    code = "invalid"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "too_large"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+class ModelRefused(Exception):
+    """A model file the service will not serve. ``reason`` is a short stable label (metrics, API)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

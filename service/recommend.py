@@ -1,0 +1,239 @@
+"""One recommend request end to end: read the member's state (one Redis GET, under the deadline), pick the
+ranking mode, rank in process, account for it (metrics, one structured log line), return the answer.
+
+Degradation, never a 5xx for a valid request:
+
+============================  ==============================================  ====================
+situation                     answer                                          ``degraded_cause``
+============================  ==============================================  ====================
+Redis slow (over deadline)    non-personalised ranking of offers eligible     ``state_timeout``
+                              for an anonymous regular member
+Redis down / breaker open     same                                            ``state_unavailable``
+stored blob undecodable       same                                            ``state_corrupt``
+no model loaded               non-personalised ranking (member's eligibility) ``no_model``
+model raised                  same                                            ``model_error``
+no catalog yet                empty list                                      ``no_catalog``
+============================  ==============================================  ====================
+
+Unknown member: the model ranks an empty state (``cold_start``), not degraded. Consent off: priors
+only (``non_personalised``), not degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+from redis.exceptions import RedisError
+
+from features.projection import Context
+from features.redis_layout import MemberStore, decode_member
+from features.state import MemberState, new_state
+from service.catalog import CatalogHolder
+from service.metrics import Metrics
+from service.model import ModelHolder
+from service.ranking import Mode, Policy, Ranking, rank
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("service.requests")
+
+
+class Breaker:
+    """Skip Redis for ``open_seconds`` after ``threshold`` consecutive failures.
+
+    Without it a Redis that hangs costs every request its full read budget; with it most requests
+    answer the fallback at once and one probe per interval finds out when Redis is back.
+    """
+
+    def __init__(self, threshold: int = 3, open_seconds: float = 1.0) -> None:
+        self.threshold = threshold
+        self.open_seconds = open_seconds
+        self.failures = 0
+        self.open_until = 0.0
+
+    def allow(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = now + self.open_seconds
+            self.failures = self.threshold - 1  # one more failure after the pause re-opens it
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    member_id: str
+    context: Context
+    limit: int
+    explain: bool = False
+
+
+def member_hash(salt: bytes, member_id: str) -> str:
+    """Salted hash of a member id: the only form a member id takes in logs."""
+    return hmac.new(salt, member_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class Recommender:
+    def __init__(
+        self,
+        store: MemberStore,
+        catalog: CatalogHolder,
+        models: ModelHolder,
+        metrics: Metrics,
+        policy: Policy,
+        deadline_ms: float,
+        hash_salt: bytes,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.models = models
+        self.metrics = metrics
+        self.policy = policy
+        self.deadline_s = deadline_ms / 1e3
+        # The state read may use most of the deadline; the rest is for ranking (about a millisecond).
+        self.read_budget_s = max(0.001, self.deadline_s * 0.8)
+        self.salt = hash_salt
+        self.breaker = Breaker()
+        self.rng = np.random.default_rng(seed)
+
+    async def read_state(self, member_id: str) -> tuple[MemberState | None, str | None]:
+        """(state or None for an unknown member, degraded cause or None)."""
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            return None, "state_unavailable"
+        try:
+            async with asyncio.timeout(self.read_budget_s):
+                raw = await self.store.get_member_raw(member_id)
+        except TimeoutError:
+            self.breaker.failure(time.monotonic())
+            return None, "state_timeout"
+        except (RedisError, OSError) as exc:
+            self.breaker.failure(time.monotonic())
+            log.debug("state read failed: %r", exc)
+            return None, "state_unavailable"
+        self.breaker.success()
+        if raw is None:
+            return None, None
+        try:
+            return decode_member(raw).state, None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None, "state_corrupt"
+
+    async def recommend(self, q: RecommendQuery, now: float | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        now = time.time() if now is None else now
+        state, cause = await self.read_state(q.member_id)
+        t_read = time.perf_counter()
+        model = self.models.current  # one reference for the whole request (hot-swap safe)
+        snap = self.catalog.current
+
+        if cause is not None:
+            mode, state = Mode.FALLBACK, new_state(q.member_id)
+        elif model is None:
+            mode, cause = Mode.FALLBACK, "no_model"
+        elif state is None:
+            mode = Mode.COLD_START
+        elif not state.personalization_consent:
+            mode = Mode.NON_PERSONALISED
+        else:
+            mode = Mode.PERSONALISED
+        if state is None:
+            state = new_state(q.member_id)
+
+        ranking: Ranking | None = None
+        if snap is None:
+            cause = cause or "no_catalog"
+        else:
+            try:
+                ranking = rank(
+                    snap, state, q.context, now, q.limit,
+                    model=model, mode=mode, policy=self.policy, explain=q.explain, rng=self.rng,
+                )  # fmt: skip
+            except Exception:
+                # A model that passed its load checks can still fail on live rows: answer the fallback.
+                log.exception("ranking failed; answering the non-personalised fallback")
+                mode, cause = Mode.FALLBACK, "model_error"
+                ranking = rank(
+                    snap, state, q.context, now, q.limit,
+                    model=None, mode=mode, policy=self.policy, explain=q.explain,
+                )  # fmt: skip
+        total_ms = (time.perf_counter() - t0) * 1e3
+        read_ms = (t_read - t0) * 1e3
+        # The version that scored this answer; None when no model was used (fallback, consent off).
+        version = (
+            model.version if model is not None and mode in (Mode.PERSONALISED, Mode.COLD_START) else None
+        )
+
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "model_version": version,
+            "mode": mode.value,
+            "degraded": cause is not None,
+            "degraded_cause": cause,
+            "catalog_version": snap.version if snap is not None else None,
+            "candidates": ranking.candidates if ranking else 0,
+            "eligible": ranking.eligible if ranking else 0,
+            "offers": [it.as_dict() for it in ranking.items] if ranking else [],
+        }
+        if q.explain:
+            body["excluded"] = ranking.excluded if ranking else []
+        self._account(q, body, ranking, read_ms, total_ms)
+        return body
+
+    def _account(
+        self,
+        q: RecommendQuery,
+        body: dict[str, Any],
+        ranking: Ranking | None,
+        read_ms: float,
+        total_ms: float,
+    ) -> None:
+        m = self.metrics
+        stages = {"state_read": read_ms, **(ranking.timings_ms if ranking else {}), "total": total_ms}
+        for stage, ms in stages.items():
+            m.observe_stage(stage, ms)
+        m.mode.labels(mode=body["mode"]).inc()
+        if body["degraded_cause"] is not None:
+            m.degraded.labels(cause=body["degraded_cause"]).inc()
+        m.candidates.observe(body["candidates"])
+        m.eligible.observe(body["eligible"])
+        if total_ms > self.deadline_s * 1e3:
+            m.deadline_exceeded.inc()
+        if request_log.isEnabledFor(logging.INFO):
+            items = body["offers"]
+            request_log.info(
+                orjson.dumps(
+                    {
+                        "event": "recommend",
+                        "request_id": body["request_id"],
+                        "member": member_hash(self.salt, q.member_id),
+                        "model_version": body["model_version"],
+                        "catalog_version": body["catalog_version"],
+                        "mode": body["mode"],
+                        "degraded_cause": body["degraded_cause"],
+                        "page_type": q.context.page_type,
+                        "candidates": body["candidates"],
+                        "eligible": body["eligible"],
+                        "slate": [it["offer_id"] for it in items],
+                        "scores": [it["score"] for it in items],
+                        "propensities": [it["propensity"] for it in items],
+                        "reasons": [[r["code"] for r in it["reasons"]] for it in items],
+                        "ms": {k: round(v, 3) for k, v in stages.items()},
+                    }
+                ).decode()
+            )

@@ -1,0 +1,112 @@
+"""HTTP request and response models. Inputs forbid unknown fields so a typo is a 422 naming the field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.events import PageType
+from features.offers import CATEGORIES, Channel, Offer
+from features.projection import DEVICES
+from service.feedback import FeedbackType
+
+MemberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+OfferIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+# Built from the feature core's tuples so that the API and the features can never disagree.
+CategoryName = Literal[CATEGORIES]  # type: ignore[valid-type]
+Device = Literal[DEVICES]  # type: ignore[valid-type]
+
+
+class RecommendContext(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    page_type: PageType = "home"
+    category: CategoryName | None = None
+    device: Device = "other"
+    channel: Channel = "app"
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    member_id: MemberId
+    context: RecommendContext = RecommendContext()
+    #: Offers to return; the service default (settings.default_limit) when omitted.
+    limit: Annotated[int, Field(ge=1, le=50)] | None = None
+    #: Also return the offers that were not eligible, each with its reason ("why not shown").
+    explain: bool = False
+
+
+class Reason(BaseModel):
+    code: str
+    text: str
+
+
+class RankedOfferOut(BaseModel):
+    offer_id: str
+    kind: Literal["coupon", "benefit", "consult"]
+    subtype: str
+    title: str
+    category: str | None
+    value: float
+    score: float
+    position: int
+    propensity: float
+    reasons: list[Reason]
+
+
+class Excluded(BaseModel):
+    offer_id: str
+    reason: str
+    text: str
+
+
+class RecommendResponse(BaseModel):
+    """Documentation of the recommend answer (the route returns the same shape as orjson bytes)."""
+
+    request_id: str
+    model_version: str | None
+    mode: Literal["personalised", "cold_start", "non_personalised", "fallback"]
+    degraded: bool
+    degraded_cause: str | None
+    catalog_version: int | None
+    candidates: int
+    eligible: int
+    offers: list[RankedOfferOut]
+    excluded: list[Excluded] | None = None
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: FeedbackType
+    member_id: MemberId
+    offer_id: OfferIdStr
+    request_id: RequestId
+    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    propensity: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    #: When it happened (Unix seconds, UTC); the server's clock when omitted.
+    event_ts: Annotated[float, Field(ge=946684800.0, le=4102444800.0)] | None = None
+
+
+class FeedbackResponse(BaseModel):
+    status: str
+    event_id: str
+    event_type: str
+    inventory_left: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    fields: list[dict[str, Any]] | None = None
+
+
+class OfferList(BaseModel):
+    catalog_version: int
+    offers: list[Offer]
+
+
+__all__ = ["Offer"]
