@@ -15,16 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from benefits.registry import Registry
 from benefits.settings import Settings
+from features.redis_client import AnyRedis, connect
 from features.redis_layout import MemberStore
 from service import api
 from service.auth import KeyRing
@@ -42,18 +40,12 @@ from service.recommend import Recommender
 log = logging.getLogger(__name__)
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
+def redis_client(settings: Settings) -> AnyRedis:
     if settings.redis_url is None:
         raise ValueError("redis_url is required (serve() starts an embedded Redis in dev when it is unset)")
-    timeout_s = settings.redis_timeout_ms / 1000
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        # No retries: the request deadline is shorter than any backoff; a failure means "answer the fallback".
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max(16, settings.max_in_flight),
-    )
+    # The project's one client factory; its bounded retries sit inside the request's own deadline
+    # (service.recommend wraps the state read in asyncio.timeout), so they cannot blow the budget.
+    return connect(settings.redis_url, cluster=settings.redis_cluster, timeout_ms=settings.redis_timeout_ms)
 
 
 async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:

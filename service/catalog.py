@@ -1,7 +1,7 @@
 """The offer catalog in process: read from Redis in the background, never on the request path.
 
 The source of truth is the catalog hash and its version key (see ``features/redis_layout.py``). Every
-write (admin API) changes the hash and bumps the version in one MULTI; every replica polls the version
+write (admin API) changes the hash and then bumps the version; every replica polls the version
 key each ``catalog_poll_seconds`` and, when it changed, rebuilds :class:`OfferTable` and
 :class:`EligibilityTable` and swaps a new immutable :class:`CatalogSnapshot` in with one assignment.
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from features.demo_catalog import demo_catalog
@@ -29,6 +28,7 @@ from features.eligibility import EligibilityTable
 from features.offer_stats import OfferCounters, merge_all
 from features.offers import Offer
 from features.projection import OfferTable
+from features.redis_client import AnyRedis
 from features.redis_layout import MemberStore, RedisLayout
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def load_seed(path: Path | None, now: float) -> list[Offer]:
 class CatalogStore:
     """Catalog reads and writes in Redis (the hash + version key of the layout)."""
 
-    def __init__(self, client: aioredis.Redis, layout: RedisLayout) -> None:
+    def __init__(self, client: AnyRedis, layout: RedisLayout) -> None:
         self.r = client
         self.layout = layout
         self._seed = client.register_script(_SEED_LUA)
@@ -143,8 +143,14 @@ class CatalogStore:
         return int(raw) if raw is not None else 0
 
     async def read_all(self) -> tuple[int, list[Offer]]:
-        """(version, offers) read in one MULTI so the pair is consistent; invalid stored offers skipped."""
-        async with self.r.pipeline(transaction=True) as pipe:
+        """(version, offers); invalid stored offers are skipped.
+
+        The version is read *before* the hash (one pipeline, no MULTI so it also works on a cluster,
+        where the two keys live in different slots): a write landing in between labels newer offers
+        with the older version, and the next poll sees the bumped version and reloads. The reverse
+        order could label old offers with the new version and miss the change.
+        """
+        async with self.r.pipeline(transaction=False) as pipe:
             pipe.get(self.layout.catalog_version_key)
             pipe.hgetall(self.layout.catalog_key)
             raw_version, raw_offers = await pipe.execute()
@@ -161,9 +167,13 @@ class CatalogStore:
         return Offer.model_validate_json(raw) if raw is not None else None
 
     async def put(self, offer: Offer) -> int:
-        """Create or replace one offer; returns the new catalog version."""
+        """Create or replace one offer; returns the new catalog version.
+
+        Hash first, version bump second (pipelined in that order, no MULTI: cluster-safe); see
+        :meth:`read_all` for why a reader can never miss the change.
+        """
         ttl = self.layout.catalog_ttl_seconds
-        async with self.r.pipeline(transaction=True) as pipe:
+        async with self.r.pipeline(transaction=False) as pipe:
             pipe.hset(self.layout.catalog_key, offer.offer_id, offer.model_dump_json())
             pipe.incr(self.layout.catalog_version_key)
             pipe.expire(self.layout.catalog_key, ttl)

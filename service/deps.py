@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import redis.asyncio as aioredis
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from benefits.registry import Registry
 from benefits.settings import Settings
+from features.redis_client import AnyRedis
 from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore
 from service.feedback import FeedbackService
@@ -22,7 +22,7 @@ from service.recommend import Recommender
 @dataclass
 class Resources:
     settings: Settings
-    redis: aioredis.Redis
+    redis: AnyRedis
     catalog: CatalogHolder
     catalog_store: CatalogStore
     models: ModelHolder

@@ -70,7 +70,11 @@ def write_version(root: Path, version: str, model_bytes: bytes, meta: dict[str, 
     d = root / "models" / version
     d.mkdir(parents=True, exist_ok=True)
     (d / MODEL_FILE).write_bytes(model_bytes)
-    meta = meta or {"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES), "metrics": {"auc": 0.7}}
+    meta = meta or {
+        "feature_schema": FEATURE_SCHEMA,
+        "feature_names": list(FEATURE_NAMES),
+        "metrics": {"auc": 0.7},
+    }
     (d / METADATA_FILE).write_text(json.dumps(meta))
 
 

@@ -1,0 +1,139 @@
+"""Model hot-swap and refusal; catalog changes reaching a second replica within seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benefits.registry import Registry
+from benefits.settings import Settings
+from service.app import create_app
+from service.errors import ModelRefused
+from service.model import ModelHolder, load_model
+from tests.service.conftest import ADMIN, SF, live_server, running, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        ("bad-schema", "schema_mismatch"),
+        ("bad-truncated", "corrupt"),
+        ("bad-corrupt", "corrupt"),
+        ("nope", "missing"),
+    ],
+)
+def test_bad_models_are_refused_with_a_reason(registry: Registry, version: str, reason: str) -> None:
+    with pytest.raises(ModelRefused) as exc:
+        ModelHolder(registry).check(version)
+    assert exc.value.reason == reason
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(ModelRefused, match="corrupt"):
+        load_model(tmp_path / "m.onnx", "x")
+
+
+@pytest.mark.anyio
+async def test_promote_on_disk_hot_swaps_and_a_bad_promotion_keeps_the_old(
+    settings: Settings, registry: Registry
+) -> None:
+    async with running(create_app(settings)) as c:
+
+        async def version() -> str:
+            r = await c.post("/v1/recommend", json={"member_id": "m1"}, headers=SF)
+            assert r.status_code == 200
+            v: str = r.json()["model_version"]
+            return v
+
+        assert await version() == "v1"
+        registry.promote("v2")  # what `benefits promote v2` does on another machine
+
+        async def swapped() -> bool:
+            return await version() == "v2"
+
+        assert await wait_for(swapped, timeout_s=5)
+        registry.promote("bad-truncated")  # a broken promotion: refused, v2 keeps serving
+        await asyncio.sleep(0.6)
+        assert await version() == "v2"
+        status = (await c.get("/v1/admin/models", headers=ADMIN)).json()
+        assert status["serving"] == "v2" and status["promoted"] == "bad-truncated"
+        assert [r["reason"] for r in status["refused"]] == ["corrupt"]
+        assert 'benefits_model_refused_total{reason="corrupt"} 1.0' in (await c.get("/metrics")).text
+
+
+@pytest.mark.anyio
+async def test_promote_api_refuses_schema_mismatch_and_swaps_good(
+    settings: Settings, registry: Registry
+) -> None:
+    async with running(create_app(settings)) as c:
+        r = await c.post("/v1/admin/models/bad-schema/promote", headers=ADMIN)
+        assert r.status_code == 422 and "schema_mismatch" in r.json()["message"]
+        assert registry.promoted() == "v1"  # the pointer was not touched
+        assert (await c.post("/v1/admin/models/missing/promote", headers=ADMIN)).status_code == 404
+        r = await c.post("/v1/admin/models/v2/promote", headers=ADMIN)
+        assert r.status_code == 200 and r.json() == {"promoted": "v2", "previous": "v1", "serving": "v2"}
+        body = (await c.post("/v1/recommend", json={"member_id": "m1"}, headers=SF)).json()
+        assert body["model_version"] == "v2"
+        listing = (await c.get("/v1/admin/models", headers=ADMIN)).json()
+        assert {"v1", "v2", "bad-schema"} <= {v["version"] for v in listing["versions"]}
+
+
+def test_hot_swap_under_load_drops_no_request(settings: Settings, registry: Registry) -> None:
+    """Real HTTP: requests keep flowing while the model is swapped back and forth; all are 200."""
+    with live_server(settings) as base:
+
+        async def load() -> tuple[int, set[str], list[int]]:
+            async with httpx.AsyncClient(base_url=base, headers=SF, timeout=5.0) as c:
+                statuses: list[int] = []
+                versions: set[str] = set()
+                t_end = time.monotonic() + 2.5
+
+                async def one() -> None:
+                    while time.monotonic() < t_end:
+                        r = await c.post("/v1/recommend", json={"member_id": "m1"})
+                        statuses.append(r.status_code)
+                        if r.status_code == 200:
+                            versions.add(r.json()["model_version"])
+
+                async def swap() -> None:
+                    for v in ("v2", "v1", "v2"):
+                        await asyncio.sleep(0.6)
+                        registry.promote(v)
+
+                await asyncio.gather(*(one() for _ in range(4)), swap())
+                return len(statuses), versions, statuses
+
+        n, versions, statuses = asyncio.run(load())
+        assert n > 20 and set(statuses) == {200}
+        assert versions == {"v1", "v2"}
+
+
+@pytest.mark.anyio
+async def test_catalog_change_reaches_a_second_replica_within_seconds(settings: Settings) -> None:
+    async with running(create_app(settings)) as a, running(create_app(settings)) as b:
+        offer = {"offer_id": "flash-1", "kind": "coupon", "subtype": "no_threshold", "title": "Flash 20 off",
+                 "value": 20.0, "cost": 10.0, "pinned": True}  # fmt: skip
+        r = await a.put("/v1/admin/offers/flash-1", json=offer, headers=ADMIN)
+        assert r.status_code == 200
+        t0 = time.monotonic()
+
+        async def b_shows_it() -> bool:
+            body = (await b.post("/v1/recommend", json={"member_id": "m9"}, headers=SF)).json()
+            return bool(body["offers"]) and body["offers"][0]["offer_id"] == "flash-1"
+
+        assert await wait_for(b_shows_it, timeout_s=5)
+        assert time.monotonic() - t0 < 3.0
+        await a.delete("/v1/admin/offers/flash-1", headers=ADMIN)
+
+        async def b_dropped_it() -> bool:
+            body = (await b.post("/v1/recommend", json={"member_id": "m9"}, headers=SF)).json()
+            return "flash-1" not in [o["offer_id"] for o in body["offers"]]
+
+        assert await wait_for(b_dropped_it, timeout_s=5)
