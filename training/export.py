@@ -247,6 +247,7 @@ def register(
     registry.models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=registry.models_dir, prefix=f".{version}-"))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; API replicas may run as another user
         (tmp / MODEL_FILE).write_bytes(model_bytes)
         booster.save_model(str(tmp / LGB_FILE))
         (tmp / METADATA_FILE).write_text(

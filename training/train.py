@@ -97,7 +97,7 @@ def train_binary(
     t0 = time.perf_counter()
     names = list(FEATURE_NAMES) if X.shape[1] == len(FEATURE_NAMES) else [f"f{i}" for i in range(X.shape[1])]
     dtrain = lgb.Dataset(X[split.train], label=y[split.train], feature_name=names, free_raw_data=True)
-    callbacks = [lgb.log_evaluation(period=0)]
+    callbacks: list[Any] = [lgb.log_evaluation(period=0)]
     valid_sets = []
     if split.valid.any() and 0 < y[split.valid].sum() < split.valid.sum():
         dvalid = lgb.Dataset(X[split.valid], label=y[split.valid], reference=dtrain)

@@ -1,0 +1,284 @@
+"""``benefits train``: data -> point-in-time rows -> LightGBM -> evaluation -> report -> ONNX -> registry.
+
+Inputs (``data``):
+
+1. A **simulation directory** written by ``benefits simulate`` (``impressions.parquet``,
+   ``events.jsonl``, ``catalog.json``).
+2. **Bring your own**: an impressions table, CSV or Parquet, one row per offer shown::
+
+       member_id   str     the member (same ids as in the event log)
+       offer_id    str     an offer of the catalog (rows of unknown offers are dropped, with a warning)
+       event_ts    float   when it was shown: Unix seconds UTC (a Parquet timestamp column also works)
+       label       0/1     the outcome to predict (claimed / redeemed / booked)
+       request_id  str     optional: which slate the row belongs to (NDCG is per request); default:
+                           one request per (member_id, event_ts, page context)
+       position    int     optional: rank in the slate (ties and order inside a request)
+       page_type   str     optional context: home, category, product, search, cart, checkout,
+                           member_center, order (default home)
+       category    str     optional context: the page's product category (default none)
+       device      str     optional context: ios, android, desktop, other (default other)
+       channel     str     optional context: app, web, mini_program (default app)
+       segment     str     optional: reported per segment when present
+       true_p      float   optional: a known true probability (reported as the "oracle")
+
+   with an optional **event log** (``--events``, JSONL, one ``features.events`` v1 event per line:
+   ``{"type": "page_view", "event_id": ..., "member_id": ..., "event_ts": ..., ...}``); without one,
+   the impressions and their labels are the only history (each labelled row becomes a claim event
+   one second after it). The catalog is ``catalog.json`` (a JSON list of offers, the admin API's
+   ``Offer`` model) next to the table, else the demo catalog.
+
+Rows are built as of each impression's time (:mod:`training.dataset`), split by time, trained with
+early stopping, evaluated on the latest slice against random, popularity, the currently promoted model
+and (when known) the true probabilities, exported to ONNX with a parity gate, and written to the
+registry as ``models/VERSION/`` with ``metadata.json`` and ``report.html``. With ``promote`` the new
+version is promoted when it beats the popularity baseline on held-out AUC (else it stays registered,
+unpromoted, and the reason is logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benefits.registry import Registry
+from features.demo_catalog import demo_catalog
+from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
+from features.events import Event
+from features.offers import Offer
+from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, FEATURE_SCHEMA_VERSION, N_FEATURES
+from training import dataset, evaluate, export, report, train
+from training.simulate import load_catalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    impressions: pd.DataFrame
+    events: list[Event]
+    offers: list[Offer]
+    files: list[Path]
+    kind: str
+    description: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    version: str
+    path: Path
+    metadata: dict[str, Any]
+    result: dict[str, Any]
+    promoted: bool
+    seconds: dict[str, float]
+
+
+def load_source(data: Path, events: Path | None = None) -> Source:
+    """Read a simulation directory or a bring-your-own impressions table (see module docstring)."""
+    data = Path(data)
+    if data.is_dir():
+        imp_path = data / "impressions.parquet"
+        ev_path = events or data / "events.jsonl"
+        cat_path = data / "catalog.json"
+        meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").exists() else {}
+        imp = pd.read_parquet(imp_path)
+        evs = dataset.load_events(ev_path) if ev_path.exists() else []
+        offers = load_catalog(cat_path)
+        kind = str(meta.get("kind", "directory"))
+        files = [imp_path, ev_path, cat_path]
+    else:
+        if data.suffix.lower() in (".parquet", ".pq"):
+            imp = pd.read_parquet(data)
+        elif data.suffix.lower() in (".csv", ".gz"):
+            imp = pd.read_csv(data)
+        else:
+            raise ValueError(f"{data}: expected a directory, a .csv or a .parquet file")
+        cat_path = data.parent / "catalog.json"
+        if cat_path.exists():
+            offers = load_catalog(cat_path)
+        else:
+            offers = demo_catalog(float(pd.to_numeric(imp["event_ts"], errors="coerce").min() or 0.0))
+        files = [data, *([cat_path] if cat_path.exists() else [])]
+        meta = {}
+        kind = "bring_your_own"
+        if events is not None:
+            evs = dataset.load_events(events)
+            files.append(events)
+        else:
+            prepared = dataset.prepare_impressions(imp, offers)
+            evs = dataset.synthesize_events(prepared, offers)
+            imp = prepared.drop(columns=["group"])
+    return Source(imp, evs, offers, [f for f in files if f.exists()], kind, str(data), meta)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def promoted_scores(registry: Registry, X: np.ndarray) -> tuple[str | None, np.ndarray | None]:
+    """Scores of the currently promoted model on ``X`` (None when none or its schema differs)."""
+    version = registry.promoted()
+    if version is None:
+        return None, None
+    try:
+        data = registry.model_path(version).read_bytes()
+        sess = export.session(data)
+        meta = dict(sess.get_modelmeta().custom_metadata_map)
+        if meta.get("feature_schema") != FEATURE_SCHEMA:
+            log.warning(
+                "promoted model %s has schema %s, not %s: not compared",
+                version,
+                meta.get("feature_schema"),
+                FEATURE_SCHEMA,
+            )
+            return version, None
+        return version, export.onnx_predict(sess, X)
+    except Exception as exc:  # a broken promoted model must not stop training a replacement
+        log.warning("cannot score promoted model %s: %s", version, exc)
+        return version, None
+
+
+def run(
+    registry_dir: Path,
+    data: Path,
+    events: Path | None = None,
+    promote: bool = False,
+    progress: bool = True,
+    params: dict[str, Any] | None = None,
+    title: str | None = None,
+    source: Source | None = None,
+) -> Outcome:
+    """The whole pipeline; returns the registered version and its evaluation."""
+    secs: dict[str, float] = {}
+    t = time.perf_counter()
+    src = source or load_source(data, events)
+    secs["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ts = dataset.build(src.impressions, src.events, src.offers, progress=progress)
+    secs["build"] = time.perf_counter() - t
+    if len(ts) == 0:
+        raise ValueError("no impressions to train on")
+    y, tsec, groups, frame = ts.y, ts.ts, ts.groups, ts.frame
+
+    t = time.perf_counter()
+    split = train.time_split(tsec)
+    fit = train.train_binary(ts.X, y, split, params=params)
+    secs["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    booster = export.float32_thresholds(fit.booster)
+    te = split.test
+    registry = Registry(registry_dir)
+    offers_col = frame["offer_id"].to_numpy()
+    scores: dict[str, np.ndarray] = {
+        "model": np.asarray(booster.predict(ts.X[te]), dtype=np.float64),
+        "popularity": evaluate.popularity(offers_col[split.train], y[split.train], offers_col[te]),
+        "random": evaluate.random_scores(int(te.sum()), float(y[split.train].mean())),
+    }
+    prev_version, prev = promoted_scores(registry, ts.X[te])
+    if prev is not None:
+        scores["promoted"] = prev
+    if "true_p" in frame.columns and frame["true_p"].notna().all():
+        scores["oracle"] = frame["true_p"].to_numpy(dtype=np.float64)[te]
+    segments = frame["segment"].astype(str).to_numpy()[te] if "segment" in frame.columns else None
+    result = evaluate.evaluate(y[te], groups[te], scores, segments)
+    secs["evaluate"] = time.perf_counter() - t
+    log.info("held-out: %s", evaluate.summary_line(result))
+
+    t = time.perf_counter()
+    version = export.new_version(booster.model_to_string())
+    model_bytes, parity = export.export_model(booster, ts.X[te] if te.any() else ts.X, version)
+    secs["export"] = time.perf_counter() - t
+
+    importance = train.feature_importance(booster)
+    windows = {
+        name: dict(zip(("start", "end"), map(_iso, split.window(tsec, m)), strict=True))
+        | {"rows": int(m.sum()), "positives": int(y[m].sum())}
+        for name, m in (("train", split.train), ("valid", split.valid), ("test", split.test))
+    }
+    metadata: dict[str, Any] = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "feature_names": list(FEATURE_NAMES),
+        "n_features": N_FEATURES,
+        "feature_schema": FEATURE_SCHEMA,
+        "schema_version": FEATURE_SCHEMA_VERSION,
+        "event_schema_version": EVENT_SCHEMA_VERSION,
+        "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, N_FEATURES]},
+        "objective": "binary",
+        "training_window": windows,
+        "data": {
+            "kind": src.kind,
+            "source": src.description,
+            "hash": dataset.data_hash(src.files),
+            "rows": len(ts),
+            "requests": len(np.unique(groups)),
+            "events": len(src.events),
+            "offers": len(src.offers),
+        },
+        "code_version": export.code_version(),
+        "parity": {"max_abs_diff": parity, "tolerance": export.PARITY_TOLERANCE, "rows": export.PARITY_ROWS},
+        "best_iteration": fit.best_iteration,
+        "params": fit.params,
+        "metrics": {
+            n: {k: v for k, v in m.items() if k != "calibration"} | {"ece": m["calibration"]["ece"]}
+            for n, m in result["overall"].items()
+        },
+        "margins": result.get("margins", {}),
+        "segments": result.get("segments", {}),
+        "compared_with_promoted": prev_version if prev is not None else None,
+        "importance": importance[:25],
+        "seconds": secs,
+    }
+    notes = [
+        f"data: {src.kind} ({src.description}), {len(ts):,} impressions, "
+        f"{metadata['data']['requests']:,} requests",
+        f"split by time: train {windows['train']['start']} .. {windows['train']['end']}, "
+        f"test {windows['test']['start']} .. {windows['test']['end']} ({windows['test']['rows']:,} rows)",
+        f"LightGBM binary, {fit.best_iteration} trees (early stopping on the validation slice)",
+        f"ONNX parity: max abs diff {parity:.2e} (tolerance {export.PARITY_TOLERANCE:g})",
+    ]
+    html_text = report.render(title or f"Model {version}", result, y[te], scores, importance, metadata, notes)
+    path = export.register(registry, version, model_bytes, booster, metadata, html_text)
+
+    promoted = False
+    if promote:
+        beats = result.get("margins", {}).get("popularity", {}).get("auc", 0.0)
+        if beats > 0:
+            registry.promote(version)
+            promoted = True
+        else:
+            log.warning(
+                "not promoting %s: it does not beat popularity on held-out AUC (%+.4f)", version, beats
+            )
+    log.info("registered %s at %s%s", version, path, " (promoted)" if promoted else "")
+    return Outcome(version, path, metadata, result, promoted, secs)
+
+
+def train_version(registry_dir: Path, data: Path, events: Path | None = None, promote: bool = True) -> str:
+    """Train, export and register; return the new version (for the demo and scripts)."""
+    return run(registry_dir, data, events, promote=promote, progress=False).version
+
+
+def train_command(settings: Any, data: Path, events: Path | None, promote: bool) -> str:
+    """Entry point of ``benefits train`` (see the module docstring). Returns the version."""
+    out = run(Path(settings.registry_dir), data, events, promote=promote, progress=True)
+    m = out.result["overall"]
+    lines = [f"model {out.version} -> {out.path}{' (promoted)' if out.promoted else ''}"]
+    for name, met in m.items():
+        lines.append(
+            f"  {name:<11} auc {met['auc']:.4f}  logloss {met['logloss']:.4f}  ndcg@5 {met['ndcg@5']:.4f}"
+        )
+    lines.append(f"  report: {out.path / export.REPORT_FILE}")
+    # User-facing CLI output.
+    print("\n".join(lines))
+    return out.version
