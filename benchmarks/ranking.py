@@ -33,7 +33,7 @@ from benchmarks._common import machine_info, write_result
 from benefits.embedded import start_redis
 from features import events as ev
 from features.demo_catalog import demo_catalog
-from features.events import PAGE_TYPES
+from features.events import PAGE_TYPES, TIERS
 from features.offers import CATEGORIES
 from features.projection import DEVICES, FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, Context, rows
 from features.redis_client import connect
@@ -64,8 +64,8 @@ def simulate_member(member_id: str, now: float, rng: np.random.Generator) -> Mem
         k += 1
         return f"{member_id}-{k}"
 
-    tier = str(rng.choice(["regular", "silver", "gold", "diamond"], p=[0.5, 0.3, 0.15, 0.05]))
-    apply(s, ev.TierChanged(event_id=eid(), member_id=member_id, event_ts=first, tier=tier))
+    tier = TIERS[int(rng.choice(len(TIERS), p=[0.5, 0.3, 0.15, 0.05]))]
+    apply(s, ev.TierChanged(event_id=eid(), member_id=member_id, event_ts=first, tier=tier))  # type: ignore[arg-type]
     joined = now - float(rng.uniform(0, 900)) * 86400
     month = int(rng.integers(1, 13))
     apply(
