@@ -20,6 +20,7 @@ Prints the JSON summary as the last line and writes ``benchmarks/results/ranking
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -127,7 +128,6 @@ def random_context(rng: np.random.Generator) -> Context:
 
 
 def train_model(states: list[MemberState], now: float, trees: int, rng: np.random.Generator) -> bytes:
-    import json
 
     import lightgbm as lgb
 
