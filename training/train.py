@@ -63,13 +63,15 @@ def time_split(ts: np.ndarray, train_frac: float = 0.7, valid_frac: float = 0.1)
     """Masks for train / valid / test by impression-time quantiles (see module docstring)."""
     if len(ts) == 0:
         raise ValueError("no rows to split")
-    t1 = float(np.quantile(ts, train_frac))
-    t2 = float(np.quantile(ts, train_frac + valid_frac))
-    if t2 <= t1:  # degenerate (few distinct times): fall back to row order, still time-monotone
-        order = np.argsort(ts, kind="stable")
-        n = len(ts)
-        a, b = int(n * train_frac), int(n * (train_frac + valid_frac))
-        t1, t2 = float(ts[order[a]]), float(ts[order[min(b, n - 1)]])
+    # Cut at distinct times so that every slice is non-empty even when many rows share a time
+    # (e.g. all households offered one campaign share its start).
+    uniq, counts = np.unique(ts, return_counts=True)
+    cum = np.cumsum(counts) / len(ts)
+    if len(uniq) < 3:
+        raise ValueError("need at least three distinct impression times for a time split")
+    i1 = min(int(np.searchsorted(cum, train_frac)) + 1, len(uniq) - 2)
+    i2 = min(max(int(np.searchsorted(cum, train_frac + valid_frac)) + 1, i1 + 1), len(uniq) - 1)
+    t1, t2 = float(uniq[i1]), float(uniq[i2])
     train = ts < t1
     valid = (ts >= t1) & (ts < t2)
     test = ts >= t2
