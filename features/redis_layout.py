@@ -6,9 +6,11 @@ Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Clust
                                SET with EX member_ttl_seconds on every write; GET on every request.
     P:os:{pPARTITION}          per-partition offer counters: msgpack of StoredOfferStats
                                (counters + applied offset); SET EX stats_ttl_seconds.
-    P:catalog                  hash offer_id -> offer JSON (the live catalog); EXPIRE catalog_ttl_seconds,
+    P:{catalog}                hash offer_id -> offer JSON (the live catalog); EXPIRE catalog_ttl_seconds,
                                refreshed on every catalog write and by the service's catalog poller.
-    P:catalog:version          integer bumped on every catalog change; replicas poll it.
+    P:{catalog}:version        integer bumped on every catalog change; replicas poll it. Same hash tag
+                               as the catalog so that a write and its version bump are one MULTI/Lua
+                               call on a cluster.
     P:inv:{OFFER_ID}           integer: units of a limited offer reserved so far (atomic Lua reserve).
 
 Everything a member owns sits under ``P:m:{MEMBER_ID}:`` so erasure is one ``DEL`` per key in one
@@ -120,11 +122,11 @@ class RedisLayout:
 
     @property
     def catalog_key(self) -> str:
-        return f"{self.prefix}:catalog"
+        return f"{self.prefix}:{{catalog}}"
 
     @property
     def catalog_version_key(self) -> str:
-        return f"{self.prefix}:catalog:version"
+        return f"{self.prefix}:{{catalog}}:version"
 
     def inventory_key(self, offer_id: str) -> str:
         return f"{self.prefix}:inv:{{{offer_id}}}"

@@ -241,7 +241,7 @@ def test_fresh_cluster_client_survives_a_burst(backend: Backend, unique: str) ->
 
 
 def test_catalog_store_on_both(backend: Backend, unique: str) -> None:
-    """The API's catalog (service/catalog.py) writes ``P:catalog`` and ``P:catalog:version`` in one
+    """The API's catalog (service/catalog.py) writes ``P:{catalog}`` and its version key in one
     MULTI and one Lua script. On a cluster those two keys must share a slot."""
     from features.demo_catalog import demo_catalog
     from service.catalog import CatalogStore
@@ -262,12 +262,7 @@ def test_catalog_store_on_both(backend: Backend, unique: str) -> None:
             await client.aclose()
 
     if backend.cluster:
-        slots = _slots(backend, [layout.catalog_key, layout.catalog_version_key])
-        if len(slots) > 1:
-            pytest.xfail(
-                f"catalog keys {layout.catalog_key!r} and {layout.catalog_version_key!r} hash to slots "
-                f"{sorted(slots)}: CatalogStore's MULTI/Lua is cross-slot on a cluster (layout owner)"
-            )
+        assert len(_slots(backend, [layout.catalog_key, layout.catalog_version_key])) == 1
     _, n = asyncio.run(main())
     assert n == 4
 
