@@ -58,9 +58,11 @@ from features.state import apply, new_state
 
 log = logging.getLogger(__name__)
 
-#: Faust/Kafka group timings. The defaults (session 60 s) made a group take ~30 s to (re)join on the
-#: embedded broker; 10 s joins in ~7 s and still tolerates a worker pausing a few seconds.
-BROKER_SESSION_TIMEOUT_S = 10.0
+#: Consumer-group timings. The client defaults (session 30-60 s) made a group take ~30 s to (re)join on
+#: the embedded broker. The session timeout is also how long a SIGKILLed worker's partitions stay
+#: unowned, so it bounds freshness after a crash: 6 s is Kafka's default minimum
+#: (group.min.session.timeout.ms), heartbeats every second keep a busy worker well inside it.
+BROKER_SESSION_TIMEOUT_S = 6.0
 BROKER_REBALANCE_TIMEOUT_S = 10.0
 BROKER_HEARTBEAT_INTERVAL_S = 1.0
 #: How often Faust commits acked offsets. Shorter means less redelivery after a crash (harmless anyway).

@@ -258,6 +258,8 @@ class WorkerConfig:
     batch_max: int = 2000
     batch_within_ms: int = 20
     log_level: str = "WARNING"
+    #: ``batch`` runs ``benefits worker``; ``faust`` runs the Faust engine of the same module.
+    engine: str = "batch"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BENEFITS_")}
@@ -284,8 +286,16 @@ class WorkerConfig:
 def start_worker(cfg: WorkerConfig, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``benefits worker`` as a child process (its own process group, so a kill is clean)."""
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    if cfg.engine == "batch":
+        argv = [sys.executable, "-m", "benefits.cli", "worker"]
+    else:
+        code = (
+            "import logging; from benefits.settings import Settings; from features.stream import run_worker; "
+            f"s = Settings(); logging.basicConfig(level=s.log_level); run_worker(s, engine={cfg.engine!r})"
+        )
+        argv = [sys.executable, "-c", code]
     return subprocess.Popen(
-        [sys.executable, "-m", "benefits.cli", "worker"],
+        argv,
         env=cfg.env(),
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -311,3 +321,20 @@ def worker_process(cfg: WorkerConfig, log_path: Path | None = None) -> Iterator[
         yield proc
     finally:
         stop_worker(proc)
+
+
+def scrape_metrics(
+    port: int, host: str = "127.0.0.1"
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The worker's Prometheus samples: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
