@@ -231,12 +231,8 @@ def prepare_impressions(impressions: pd.DataFrame, offers: Sequence[Offer]) -> p
         df = df[~unknown]
     if "request_id" not in df.columns:
         # One request = one member, one moment, one page context.
-        key = (
-            df[["member_id", "event_ts", "page_type", "category", "device", "channel"]]
-            .astype(str)
-            .agg("|".join, axis=1)
-        )
-        df["request_id"] = "q" + pd.util.hash_pandas_object(key, index=False).astype(str)
+        cols = ["member_id", "event_ts", "page_type", "category", "device", "channel"]
+        df["request_id"] = "q" + pd.util.hash_pandas_object(df[cols], index=False).astype(str)
     if "position" not in df.columns:
         df["position"] = df.groupby("request_id").cumcount()
     df = df.sort_values(["event_ts", "request_id", "position"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,139 @@
+"""ONNX export parity and refusal, registry layout, promote/rollback, end-to-end train_command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from benefits.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
+from benefits.settings import Settings
+from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from training import dataset, export, pipeline
+from training.simulate import load_catalog
+
+
+@pytest.fixture(scope="module")
+def rows(sim_dir: Path) -> np.ndarray:
+    imp = pd.read_parquet(sim_dir / "impressions.parquet")
+    ts = dataset.build(
+        imp, dataset.load_events(sim_dir / "events.jsonl"), load_catalog(sim_dir / "catalog.json")
+    )
+    return ts.X
+
+
+def test_onnx_matches_lightgbm_on_varied_rows(trained: pipeline.Outcome, rows: np.ndarray) -> None:
+    path = trained.path
+    booster = lgb.Booster(model_file=str(path / LGB_FILE))
+    sess = export.session((path / MODEL_FILE).read_bytes())
+    x = export.parity_rows(rows, n=3000, seed=1)
+    assert len(np.unique(x, axis=0)) == len(x) > 1000
+    np.testing.assert_allclose(export.onnx_predict(sess, x), booster.predict(x), rtol=0, atol=1e-5)
+    # Also rows the model never saw: perturbed copies spanning the feature ranges.
+    rng = np.random.default_rng(0)
+    noisy = (x * rng.uniform(0.5, 1.5, x.shape)).astype(np.float32)
+    np.testing.assert_allclose(export.onnx_predict(sess, noisy), booster.predict(noisy), rtol=0, atol=1e-5)
+
+
+def test_onnx_signature_and_metadata(trained: pipeline.Outcome) -> None:
+    model = onnx.load(str(trained.path / MODEL_FILE))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["feature_names"]) == list(FEATURE_NAMES)
+    assert props["feature_schema"] == FEATURE_SCHEMA
+    assert props["model_version"] == trained.version
+    assert [o.name for o in model.graph.output] == [export.OUTPUT_NAME]
+    assert [i.name for i in model.graph.input] == [export.INPUT_NAME]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == N_FEATURES
+    meta = json.loads((trained.path / METADATA_FILE).read_text())
+    for key in ("feature_names", "feature_schema", "training_window", "metrics", "code_version", "parity"):
+        assert key in meta
+    assert meta["data"]["hash"] and meta["parity"]["max_abs_diff"] <= 1e-5
+
+
+def test_service_accepts_the_exported_model(trained: pipeline.Outcome) -> None:
+    from service.model import load_model
+
+    model = load_model(trained.path / MODEL_FILE, trained.version)
+    p = model.predict(np.zeros((3, N_FEATURES), dtype=np.float32))
+    assert p.shape == (3,)
+
+
+def test_export_refused_when_onnx_and_lightgbm_disagree(trained: pipeline.Outcome, rows: np.ndarray) -> None:
+    booster = lgb.Booster(model_file=str(trained.path / LGB_FILE))
+    good, _ = export.export_model(booster, rows, "v-good")
+    # Tamper: shift every leaf of the first tree in the ONNX graph; LightGBM still has the original.
+    model = onnx.load_from_string(good)
+    node = next(n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier")
+    weights = next(a for a in node.attribute if a.name == "class_weights")
+    weights.floats[:] = [w + 0.05 for w in weights.floats]
+    with pytest.raises(export.ExportError, match="disagree"):
+        export.check_parity(booster, model.SerializeToString(), export.parity_rows(rows))
+
+
+def test_export_refused_at_zero_tolerance_when_not_bit_exact(
+    trained: pipeline.Outcome, rows: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booster = lgb.Booster(model_file=str(trained.path / LGB_FILE))
+    data, diff = export.export_model(booster, rows, "v-probe")
+    assert 0 < diff <= export.PARITY_TOLERANCE  # float32 sums differ from double in the last bits
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", 0.0)
+    with pytest.raises(export.ExportError):
+        export.check_parity(booster, data, export.parity_rows(rows), tolerance=export.PARITY_TOLERANCE)
+
+
+def test_float32_thresholds_do_not_change_predictions(trained: pipeline.Outcome, rows: np.ndarray) -> None:
+    booster = lgb.Booster(model_file=str(trained.path / LGB_FILE))
+    again = export.float32_thresholds(booster)
+    np.testing.assert_array_equal(again.predict(rows), booster.predict(rows))
+
+
+def test_registry_promote_and_rollback(trained: pipeline.Outcome, sim_dir: Path) -> None:
+    registry = Registry(trained.path.parent.parent)
+    first = trained.version
+    assert trained.promoted and registry.promoted() == first
+    second = pipeline.run(registry.root, sim_dir, promote=True, progress=False)
+    assert second.version != first
+    assert registry.versions() == sorted([first, second.version])
+    assert registry.promoted() == second.version
+    assert second.metadata["compared_with_promoted"] == first
+    assert "promoted" in second.result["overall"]
+    ptr = registry.rollback()
+    assert ptr["version"] == first and registry.promoted() == first
+    registry.promote(second.version)
+    assert registry.promoted() == second.version
+
+
+def test_train_command_end_to_end(sim_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(registry_dir=tmp_path / "reg")
+    version = pipeline.train_command(settings, data=sim_dir, events=None, promote=True)
+    registry = Registry(tmp_path / "reg")
+    assert registry.promoted() == version
+    vdir = registry.version_dir(version)
+    for name in (MODEL_FILE, LGB_FILE, METADATA_FILE, export.REPORT_FILE):
+        assert (vdir / name).stat().st_size > 0
+    meta = registry.metadata(version)
+    # The model must beat popularity and random on held-out data; the oracle bounds it from above.
+    m = meta["metrics"]
+    assert m["model"]["auc"] > m["popularity"]["auc"] > m["random"]["auc"] - 0.05
+    assert m["oracle"]["auc"] >= m["model"]["auc"] - 0.02
+    assert '<img src="data:image/png;base64,' in (vdir / export.REPORT_FILE).read_text()
+
+
+def test_train_command_bring_your_own_csv(sim_dir: Path, tmp_path: Path) -> None:
+    imp = pd.read_parquet(sim_dir / "impressions.parquet")
+    (tmp_path / "catalog.json").write_text((sim_dir / "catalog.json").read_text())
+    table = tmp_path / "impressions.csv"
+    imp[["member_id", "offer_id", "event_ts", "page_type", "category", "device", "channel", "label"]].to_csv(
+        table, index=False
+    )
+    out = pipeline.run(
+        tmp_path / "reg", table, events=sim_dir / "events.jsonl", promote=False, progress=False
+    )
+    assert out.metadata["data"]["kind"] == "bring_your_own"
+    assert out.result["overall"]["model"]["auc"] > 0.6
