@@ -23,7 +23,7 @@ def test_baby_browsing_raises_the_baby_coupon(trained: pipeline.Outcome, sim_dir
 
     t0 = DEFAULT_START_TS + 3 * 24 * HOUR
     state = new_state("m-dir")
-    setup = [
+    setup: list[ev.Event] = [
         ev.ProfileUpdated(
             event_id="p", member_id="m-dir", event_ts=t0 - 86400, birth_month=1, region="tier2_city"
         ),
