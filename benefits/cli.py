@@ -5,12 +5,12 @@ Heavy imports happen inside each command so that ``benefits --help`` stays fast.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from benefits.logs import configure_logging
 from benefits.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -18,10 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
-    )
+    configure_logging(settings.log_level)
     return settings
 
 

@@ -38,7 +38,9 @@ BURST_CATEGORIES = ("baby", "health", "beauty", "pets", "sports")
 SAMPLE_MEMBERS = 300
 
 
-def run_demo(settings: Settings, n_members: int = 2000, days: float = 14.0, workdir: Path | None = None) -> int:
+def run_demo(
+    settings: Settings, n_members: int = 2000, days: float = 14.0, workdir: Path | None = None
+) -> int:
     workdir = workdir or Path("var/demo")
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -72,7 +74,9 @@ def _run(settings: Settings, workdir: Path, n_members: int, days: float, procs: 
     sim_dir = workdir / "sim"
     console.rule("1. simulate")
     simulate_to_dir(sim_dir, n_members=n_members, days=days, n_offers=200, seed=1)
-    console.print(f"simulated {n_members} members x {days:.0f} days in {time.perf_counter() - t:.1f}s -> {sim_dir}")
+    console.print(
+        f"simulated {n_members} members x {days:.0f} days in {time.perf_counter() - t:.1f}s -> {sim_dir}"
+    )
 
     console.rule("2. train, evaluate, export ONNX, promote")
     t = time.perf_counter()
@@ -167,7 +171,9 @@ async def _publish(settings: Settings, events: list[ev.Event]) -> None:
         await producer.stop()
 
 
-async def _wait_folded(settings: Settings, counts: dict[str, int], timeout_s: float, worker: stack.Proc) -> None:
+async def _wait_folded(
+    settings: Settings, counts: dict[str, int], timeout_s: float, worker: stack.Proc
+) -> None:
     assert settings.redis_url is not None
     client = aioredis.Redis.from_url(settings.redis_url)
     store = MemberStore(client, settings.layout)
@@ -176,7 +182,9 @@ async def _wait_folded(settings: Settings, counts: dict[str, int], timeout_s: fl
     try:
         while True:
             stored = await store.get_members(members)
-            done = sum(1 for m, s in zip(members, stored, strict=True) if s and s.state.events_total >= counts[m])
+            done = sum(
+                1 for m, s in zip(members, stored, strict=True) if s and s.state.events_total >= counts[m]
+            )
             if done == len(members):
                 return
             if not worker.alive():
@@ -212,10 +220,16 @@ def _burst(member_id: str, category: str) -> list[ev.Event]:
                 category=category,
             )
         )
-    out.append(ev.Search(event_id=f"demo-{member_id}-s", member_id=member_id, event_ts=now + 0.1, category=category))
+    out.append(
+        ev.Search(event_id=f"demo-{member_id}-s", member_id=member_id, event_ts=now + 0.1, category=category)
+    )
     out.append(
         ev.AddToCart(
-            event_id=f"demo-{member_id}-c", member_id=member_id, event_ts=now + 0.2, category=category, amount=39.0
+            event_id=f"demo-{member_id}-c",
+            member_id=member_id,
+            event_ts=now + 0.2,
+            category=category,
+            amount=39.0,
         )
     )
     return out
@@ -247,7 +261,7 @@ def _print_change(
     for i in range(max(len(b), len(a))):
         bo = b[i] if i < len(b) else {}
         ao = a[i] if i < len(a) else {}
-        reasons = "; ".join(r.get("text", r.get("code", "")) for r in ao.get("reasons", []))
+        reasons = " / ".join(r.get("text", r.get("code", "")) for r in ao.get("reasons", []))
         table.add_row(
             str(i + 1),
             f"{bo.get('title', '')} [{bo.get('kind', '')}] {bo.get('score', 0):.3f}" if bo else "",
