@@ -119,5 +119,66 @@ def models() -> None:
         typer.echo(f"{'*' if v == current else ' '} {v}")
 
 
+@app.command()
+def loadtest(
+    target: Annotated[
+        str | None, typer.Option(help="Base URL(s) of running API(s), comma-separated; none: start a stack.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Storefront API key (default: the first configured).")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="steady | ramp | flash | soak")] = "steady",
+    rps: Annotated[float, typer.Option(help="Page views per second (flash: the normal rate).")] = 500.0,
+    duration: Annotated[float, typer.Option(help="Seconds of load.")] = 60.0,
+    spike_factor: Annotated[float, typer.Option(help="flash: peak = rps x this.")] = 10.0,
+    user_rps: Annotated[float, typer.Option(help="Page views per second per Locust user.")] = 10.0,
+    offers: Annotated[int, typer.Option(help="Catalog size of the started stack.")] = 200,
+    members: Annotated[int, typer.Option(help="Known members (Zipf-skewed) in the started stack.")] = 10_000,
+    workers: Annotated[int, typer.Option(help="API processes of the started stack.")] = 1,
+    p99_ms: Annotated[float, typer.Option(help="Budget: p99 of recommend in ms.")] = 10.0,
+    spike_p99_ms: Annotated[float, typer.Option(help="Budget during a flash-sale spike.")] = 25.0,
+    max_error_rate: Annotated[float, typer.Option(help="Budget: share of failed requests.")] = 0.0,
+    budget_on: Annotated[str, typer.Option(help="Judge the client's or the server's p99.")] = "client",
+    capacity: Annotated[bool, typer.Option(help="Step the rate to find the max rps within budget.")] = False,
+    capacity_offers: Annotated[str, typer.Option(help="Catalog sizes for --capacity.")] = "50,200,500",
+    capacity_workers: Annotated[str, typer.Option(help="API process counts for --capacity.")] = "1,2",
+    capacity_step: Annotated[float, typer.Option(help="Seconds per capacity step.")] = 15.0,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve this registry's model instead of training.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Result name (benchmarks/results/NAME.json).")] = None,
+) -> None:
+    """Storefront load (Locust) against the recommend API; exit 1 when the latency/error budget breaks."""
+    from benchmarks.loadtest import Options, run_command
+
+    settings = _settings()
+    if shape not in ("steady", "ramp", "flash", "soak") or budget_on not in ("client", "server"):
+        typer.echo("error: --shape is steady|ramp|flash|soak and --budget-on is client|server", err=True)
+        raise typer.Exit(2)
+    opts = Options(
+        targets=[t.strip().rstrip("/") for t in (target or "").split(",") if t.strip()],
+        api_key=api_key,
+        shape=shape,  # type: ignore[arg-type]
+        rps=rps,
+        duration_s=duration,
+        spike_factor=spike_factor,
+        user_rps=user_rps,
+        offers=offers,
+        members=members,
+        workers=workers,
+        p99_ms=p99_ms,
+        spike_p99_ms=spike_p99_ms,
+        max_error_rate=max_error_rate,
+        budget_on=budget_on,  # type: ignore[arg-type]
+        capacity=capacity,
+        capacity_offers=[int(x) for x in capacity_offers.split(",")],
+        capacity_workers=[int(x) for x in capacity_workers.split(",")],
+        capacity_step_s=capacity_step,
+        registry=registry,
+        name=name,
+    )
+    raise typer.Exit(run_command(settings, opts))
+
+
 if __name__ == "__main__":
     app()
