@@ -45,7 +45,12 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def running_stack(
-    redis_server: Service, broker: Service, topics: dict[str, str], unique: str, trained_registry: Path, tmp_path: Path
+    redis_server: Service,
+    broker: Service,
+    topics: dict[str, str],
+    unique: str,
+    trained_registry: Path,
+    tmp_path: Path,
 ) -> Iterator[tuple[Settings, str]]:
     settings = Settings(
         environment="test",
@@ -102,7 +107,9 @@ def test_events_reach_redis_and_change_the_ranking(running_stack: tuple[Settings
     history: list[ev.Event] = [
         ev.TierChanged(event_id="h0", member_id=member, event_ts=now - 3600, tier="gold"),
         ev.PageView(event_id="h1", member_id=member, event_ts=now - 1800, page_type="home"),
-        ev.Order(event_id="h2", member_id=member, event_ts=now - 1700, amount=120.0, categories=["electronics"]),
+        ev.Order(
+            event_id="h2", member_id=member, event_ts=now - 1700, amount=120.0, categories=["electronics"]
+        ),
     ]
     asyncio.run(_publish(settings, history))
     deadline = time.monotonic() + 60
@@ -121,7 +128,9 @@ def test_events_reach_redis_and_change_the_ranking(running_stack: tuple[Settings
     assert len(kinds) >= 2, f"slate should mix offer kinds, got {kinds}"
 
     burst = [
-        ev.PageView(event_id=f"b{i}", member_id=member, event_ts=time.time(), page_type="category", category="baby")
+        ev.PageView(
+            event_id=f"b{i}", member_id=member, event_ts=time.time(), page_type="category", category="baby"
+        )
         for i in range(8)
     ]
     asyncio.run(_publish(settings, burst))
