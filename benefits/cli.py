@@ -147,9 +147,10 @@ def loadtest(
         Path | None, typer.Option(help="Serve this registry's model instead of training.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Result name (benchmarks/results/NAME.json).")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="Write results here instead.")] = None,
 ) -> None:
     """Storefront load (Locust) against the recommend API; exit 1 when the latency/error budget breaks."""
-    from benchmarks.loadtest import Options, run_command
+    from benchmarks.loadtest import RESULTS_DIR, Options, run_command
 
     settings = _settings()
     if shape not in ("steady", "ramp", "flash", "soak") or budget_on not in ("client", "server"):
@@ -176,6 +177,7 @@ def loadtest(
         capacity_step_s=capacity_step,
         registry=registry,
         name=name,
+        results_dir=results_dir or RESULTS_DIR,
     )
     raise typer.Exit(run_command(settings, opts))
 

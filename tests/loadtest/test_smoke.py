@@ -1,0 +1,56 @@
+"""``benefits loadtest`` end to end: it starts its own stack, runs Locust briefly and judges the budget.
+
+One short run (low rate, a few seconds) with a budget nobody can meet (p99 <= 0.001 ms): the command
+must exit 1 and its summary JSON must carry the client and server figures it judged.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.loadtest import Options, exit_code, judge
+
+pytestmark = pytest.mark.integration
+
+
+def test_loadtest_command_end_to_end(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "benefits.cli", "loadtest", "--rps", "20", "--duration", "6",
+        "--members", "500", "--p99-ms", "0.001", "--name", "smoke", "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    summary = json.loads((tmp_path / "smoke.json").read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary
+    assert (tmp_path / "smoke.html").exists() and (tmp_path / "smoke_stats.csv").exists()
+
+    overall = summary["overall"]
+    rec = overall["client"]["recommend"]
+    assert rec["requests"] >= 80 and rec["failures"] == 0
+    assert overall["error_rate"] == 0.0 and overall["achieved_share"] >= 0.9
+    assert rec["p50_ms"] > 0 and rec["p99_ms"] >= rec["p50_ms"]
+    stages = overall["server"]["stages"]
+    assert set(stages) == {"state_read", "features", "model", "rerank", "total"}
+    # Every recommend the client saw succeed was timed by the server (warm-up is before the window).
+    assert stages["total"]["count"] == rec["requests"]
+    assert 0 < stages["total"]["p50_ms"] <= stages["total"]["p99_ms"]
+    assert summary["phases"]["steady"]["server"]["stages"]["total"]["count"] > 0
+    # Locust's own count stops with its stats; ours also keeps a request that ends at the last tick.
+    assert abs(summary["locust_reported"]["recommend"]["requests"] - rec["requests"]) <= 2
+    assert summary["stack"]["started_by_loadtest"] and summary["stack"]["model_version"]
+    assert summary["load_average"]["before"] and summary["machine"]["cpu_count"]
+
+    budget = summary["budget"]
+    assert budget["ok"] is False
+    failed = {c["check"] for c in budget["checks"] if not c["ok"]}
+    assert failed == {"p99_ms"}
+
+    # The same run judged against a generous budget passes: exit code 0.
+    summary["budget"] = judge(summary, Options(p99_ms=10_000.0, max_error_rate=0.0))
+    assert exit_code(summary) == 0
