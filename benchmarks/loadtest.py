@@ -65,6 +65,8 @@ STAGES = ("state_read", "features", "model", "rerank", "total")
 SCRAPE_INTERVAL_S = 0.5
 #: A run that offers less than this share of the intended page views did not test the budget.
 MIN_ACHIEVED_SHARE = 0.95
+#: The capacity search does not go below this rate.
+CAPACITY_FLOOR_RPS = 20.0
 
 # -- histogram deltas and percentiles (pure) ---------------------------------------------------------------
 
@@ -695,7 +697,8 @@ def _rel(p: Path) -> str:
 def find_capacity(
     targets: Sequence[str], opts: Options, api_key: str, label: str, workdir: Path
 ) -> dict[str, Any]:
-    """Highest offered rate whose steady run stays within budget: x1.5 steps, then bisect to within 10 %."""
+    """Highest offered rate whose steady run stays within budget: x1.5 steps (or halving when the first step
+    fails), then bisection to within 10 %."""
     steps: list[dict[str, Any]] = []
     step_opts = replace(opts, shape="steady", duration_s=opts.capacity_step_s)
 
@@ -721,13 +724,23 @@ def find_capacity(
 
     good, bad = 0.0, None
     rps = opts.capacity_start_rps
-    while rps <= opts.capacity_max_rps:
-        if attempt(rps):
-            good = rps
-            rps = round(rps * 1.5)
-        else:
+    if not attempt(rps):
+        # Over budget already at the start: halve until a rate passes (or give up below the floor).
+        bad = rps
+        while rps / 2 >= CAPACITY_FLOOR_RPS:
+            rps = round(rps / 2)
+            if attempt(rps):
+                good = rps
+                break
             bad = rps
-            break
+    else:
+        good = rps
+        while (rps := round(rps * 1.5)) <= opts.capacity_max_rps:
+            if attempt(rps):
+                good = rps
+            else:
+                bad = rps
+                break
     while bad is not None and good > 0 and (bad - good) / good > 0.1:
         mid = round((good + bad) / 2)
         if attempt(mid):

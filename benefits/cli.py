@@ -143,6 +143,7 @@ def loadtest(
     capacity_offers: Annotated[str, typer.Option(help="Catalog sizes for --capacity.")] = "50,200,500",
     capacity_workers: Annotated[str, typer.Option(help="API process counts for --capacity.")] = "1,2",
     capacity_step: Annotated[float, typer.Option(help="Seconds per capacity step.")] = 15.0,
+    capacity_start_rps: Annotated[float, typer.Option(help="First rate of the capacity search.")] = 100.0,
     registry: Annotated[
         Path | None, typer.Option(help="Serve this registry's model instead of training.")
     ] = None,
@@ -175,6 +176,7 @@ def loadtest(
         capacity_offers=[int(x) for x in capacity_offers.split(",")],
         capacity_workers=[int(x) for x in capacity_workers.split(",")],
         capacity_step_s=capacity_step,
+        capacity_start_rps=capacity_start_rps,
         registry=registry,
         name=name,
         results_dir=results_dir or RESULTS_DIR,
