@@ -334,6 +334,7 @@ class Options:
     capacity_max_rps: float = 4000.0
     seed: int = 1
     results_dir: Path = RESULTS_DIR
+    keep_files: bool = False
 
 
 # -- budget -----------------------------------------------------------------------------------------------
@@ -804,7 +805,10 @@ def run_command(base_settings: Any, opts: Options) -> int:
     else:
         (opts.results_dir / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         print(json.dumps(summary, sort_keys=True), flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if opts.keep_files:
+        log.info("API logs, Locust logs and timelines kept in %s", workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     code = exit_code(summary)
     if code:
         broken = [c["check"] for c in summary["budget"]["checks"] if not c["ok"]]

@@ -240,6 +240,16 @@ class _Clock:
         self.t0_wall = t0_wall
         self.phases = phases
 
+    def rate_now(self) -> float:
+        """The shape's rate right now (not at the last once-a-second tick: a ramp would lag behind)."""
+        if self.t0_wall is None:
+            return self.rate
+        t = time.time() - self.t0_wall
+        for p in self.phases:
+            if p.start_s <= t < p.end_s:
+                return p.rate(t)
+        return self.rate
+
     def record(self, name: str, ms: float, exc: BaseException | None) -> None:
         if self.t0_wall is None:
             return
@@ -314,6 +324,12 @@ def _population(opts: Any) -> Population:
     return _POPULATION
 
 
+@events.test_start.add_listener
+def _prepare(environment: Any, **_: Any) -> None:
+    # Draw the member sequence before any user runs: done lazily, it would stall the first requests.
+    _population(environment.parsed_options)
+
+
 class Storefront(FastHttpUser):
     """One storefront session stream: page views that ask for offers, some reporting what was seen."""
 
@@ -337,7 +353,7 @@ class Storefront(FastHttpUser):
     def wait_time(self) -> float:
         # Constant throughput at the shape's current rate shared by the running users.
         users = max(1, self.environment.runner.user_count if self.environment.runner else 1)
-        per_user = max(CLOCK.rate / users, 0.01)
+        per_user = max(CLOCK.rate_now() / users, 0.01)
         now = time.perf_counter()
         self._next_start = max(now, self._next_start + 1.0 / per_user)
         return self._next_start - now

@@ -149,6 +149,7 @@ def loadtest(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Result name (benchmarks/results/NAME.json).")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Write results here instead.")] = None,
+    keep_files: Annotated[bool, typer.Option(help="Keep the work directory (logs, timelines).")] = False,
 ) -> None:
     """Storefront load (Locust) against the recommend API; exit 1 when the latency/error budget breaks."""
     from benchmarks.loadtest import RESULTS_DIR, Options, run_command
@@ -180,6 +181,7 @@ def loadtest(
         registry=registry,
         name=name,
         results_dir=results_dir or RESULTS_DIR,
+        keep_files=keep_files,
     )
     raise typer.Exit(run_command(settings, opts))
 
