@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 import numpy as np
-import orjson
 from redis.exceptions import RedisError
 
 from features.projection import Context
@@ -216,10 +215,11 @@ class Recommender:
             m.deadline_exceeded.inc()
         if request_log.isEnabledFor(logging.INFO):
             items = body["offers"]
+            # One structured line per request; benefits.logs.JsonFormatter merges "fields" into it.
             request_log.info(
-                orjson.dumps(
-                    {
-                        "event": "recommend",
+                "recommend",
+                extra={
+                    "fields": {
                         "request_id": body["request_id"],
                         "member": member_hash(self.salt, q.member_id),
                         "model_version": body["model_version"],
@@ -235,5 +235,5 @@ class Recommender:
                         "reasons": [[r["code"] for r in it["reasons"]] for it in items],
                         "ms": {k: round(v, 3) for k, v in stages.items()},
                     }
-                ).decode()
+                },
             )
