@@ -34,6 +34,10 @@ def _progress(cfg: h.WorkerConfig, mids: list[str]) -> int:
     return asyncio.run(h.events_folded(cfg.redis_url, cfg.prefix, mids))
 
 
+def _skipped(cfg: h.WorkerConfig) -> float:
+    return h.scrape_metrics(cfg.metrics_port)[("benefits_stream_duplicates_skipped_total", ())]
+
+
 def _wait_progress_beyond(cfg: h.WorkerConfig, mids: list[str], floor: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -71,6 +75,7 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
     # 2. just after the restarted worker writes again
     proc = h.start_worker(cfg, worker_log)
     _wait_progress_beyond(cfg, mids, _progress(cfg, mids), 60)
+    skipped = [_skipped(cfg)]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kills += 1
@@ -86,6 +91,7 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
     proc = h.start_worker(cfg, worker_log)
     _wait_progress_beyond(cfg, mids, _progress(cfg, mids), 60)
     time.sleep(rng.uniform(0.05, 0.5))
+    skipped.append(_skipped(cfg))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kills += 1
@@ -98,8 +104,12 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
         # Anything beyond the expected count would be a double count: give it a moment to show up.
         time.sleep(1.0)
         seen = _progress(cfg, mids)
+        skipped.append(_skipped(cfg))
 
     assert kills == 4 and first > 0
+    # Evidence that kills landed between writes and commits: restarted workers re-read events their
+    # predecessors had already written, and skipped them (counts per restarted worker).
+    assert sum(skipped) > 0, f"no redelivery seen after any kill: {skipped}"
     assert seen == len(events), f"folded {seen} of {len(events)}"
     reference = h.offline_fold(events)
     stored = asyncio.run(h.read_members(cfg.redis_url, cfg.prefix, mids))
