@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from benefits import stack
 from benefits.demo import _publish
 from benefits.embedded import Service
-from benefits.registry import Registry
 from benefits.settings import Settings
 from features import events as ev
 from features.redis_layout import MemberStore
@@ -28,19 +27,6 @@ from features.state import fold
 from tests.core.test_fold import assert_states_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.pipeline import train_command
-    from training.simulate import simulate_to_dir
-
-    root = tmp_path_factory.mktemp("e2e")
-    simulate_to_dir(root / "sim", n_members=300, days=7.0, n_offers=120, seed=3)
-    settings = Settings(environment="test", registry_dir=root / "registry")
-    train_command(settings, data=root / "sim", events=None, promote=True)
-    assert Registry(root / "registry").promoted() is not None
-    return root / "registry"
 
 
 @pytest.fixture
