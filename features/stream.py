@@ -1,29 +1,45 @@
-"""The stream worker: a Faust app that folds ``member-events`` into member state in Redis.
+"""The stream worker: folds ``member-events`` into member state in Redis, exactly once in effect.
 
-Shape of one batch (``stream.take_events``: up to ``worker_batch_max`` events or
-``worker_batch_within_ms``, whichever comes first):
+Two engines run the same :class:`BatchProcessor` (``run_worker(settings, engine=...)``):
+
+- ``batch`` (default, what ``benefits worker`` runs): an aiokafka consumer-group member that takes
+  whole fetched batches (``getmany``) and commits offsets itself, after the writes.
+  Measured ~28k events/s per process here (``python -m benchmarks.stream``).
+- ``faust``: a Faust app whose agent batches with ``stream.take_events``. Faust pushes each message
+  through its conductor, channel and stream with several asyncio tasks per message; a *no-op*
+  ``take_events`` agent topped out at 10-12k messages/s on this 2-core machine and the real one at
+  ~7k/s, so it cannot reach the 20k events/s target. Kept, tested for parity, for deployments that
+  want Faust's tooling.
+
+Shape of one batch (up to ``worker_batch_max`` events, waiting at most ``worker_batch_within_ms``):
 
 1. decode every raw message with :func:`features.events.decode` (msgspec, validated); anything that
    fails goes to the dead-letter topic with its reason and is counted, never stopping the worker;
 2. group the good events by member, read every member blob and the touched partitions' offer-stat
-   partials in **one** pipelined round trip;
+   partials in **one** round trip (MGET; a pipeline on a cluster);
 3. fold each member's events in offset order with the shared pure fold, skipping any offset at or
    below the watermark stored in the blob for that partition (a redelivery after a crash);
-4. write every changed blob and partial in **one** pipelined round trip, each with its TTL;
-5. only then does Faust ack the batch, so the committed consumer offset never passes an event whose
-   state is not in Redis. Together with step 3 this is exactly-once in effect.
+4. write every changed blob and partial in **one** round trip (one script call; a pipeline on a
+   cluster), each with its TTL;
+5. only then is the batch's offset committed (batch engine) or acked (Faust), so the committed consumer
+   offset never passes an event whose state is not in Redis. With step 3: exactly-once in effect.
 
 Hazards worth knowing:
 
-- Faust acks an event whose processing raised. So infrastructure errors (Redis down) are retried here
-  with backoff, never raised into Faust; and a batch interrupted by shutdown either finishes its write
-  or the process exits hard, before ``take_events`` can ack it (see :meth:`WorkerRuntime.handle`).
+- Faust acks an event whose processing raised. So infrastructure errors (Redis down) are retried with
+  backoff in both engines, never raised into Faust; and a Faust batch interrupted by shutdown either
+  finishes its write or the process exits hard, before ``take_events`` can ack it
+  (see :meth:`FaustRuntime.handle`).
 - The watermark check needs every message of a member on one partition: a message whose Kafka key is
   not its ``member_id`` is dead-lettered (``key_mismatch``) rather than folded.
 - Offsets are compared as numbers: deleting and re-creating the topic with the same Redis prefix would
   make the worker skip the new topic's events. Use a new prefix (or erase the state) when you do.
-- During a rebalance Faust waits for in-flight batches to be acked (``stream_wait_empty``) before the
-  partition moves, so two workers never fold the same partition at the same time in normal operation.
+- A rebalance waits for the batch in flight (the batch engine's revocation hook takes the batch lock
+  and commits; Faust waits with ``stream_wait_empty``), so two workers never fold the same partition at
+  the same time in normal operation. Not fenced: a worker frozen past its session timeout (SIGSTOP, a
+  swap storm) that wakes mid-batch can still write its now-stale blobs once, over the new owner's.
+  Closing that needs a write-time watermark check in Redis; doing it in Lua on the current blob format
+  (cmsgpack unpack) measured ~27 us per key, which would cost more than the whole fold.
 
 The batch logic lives in :class:`BatchProcessor`, which knows nothing of Faust, so the benchmark and
 the tests drive the same code path.
@@ -677,6 +693,11 @@ class FaustRuntime:
                 log.critical("batch write did not finish at shutdown; exiting so it is not acked")
                 os._exit(70)
             raise
+        except Exception:
+            # Per-event errors are handled inside the processor; anything reaching here is a failed
+            # write. Returning or raising would let take_events ack the batch: exit instead.
+            log.critical("batch failed; exiting so it is not acked", exc_info=True)
+            os._exit(70)
 
     async def _process_and_publish(self, records: list[RawRecord]) -> None:
         t0 = time.perf_counter()
