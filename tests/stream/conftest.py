@@ -12,6 +12,9 @@ from benefits.embedded import Service, free_port
 from features.state import MemberState
 from features.stream_harness import WorkerConfig
 
+# The single-Redis / Redis-Cluster ``backend`` fixture of the store contract suite, for the batch path.
+from tests.cluster.conftest import backend, redis_cluster  # noqa: F401
+
 
 @pytest.fixture
 def worker_cfg(redis_server: Service, broker: Service, topics: dict[str, str], unique: str) -> WorkerConfig:
