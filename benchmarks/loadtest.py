@@ -173,6 +173,23 @@ def server_counters(d: Scrape) -> dict[str, float]:
     return {k: round(v, 3) for k, v in sorted(d.items()) if k.startswith(keep) and v}
 
 
+def server_view(d: Scrape) -> dict[str, Any]:
+    """Stages, counters and the share of degraded (non-personalised fallback) answers of a delta.
+
+    A degraded answer is a 200, not an error, but it is not personalised either (Redis read over the
+    deadline, or the breaker open after such reads): the share is reported beside latency.
+    """
+    stages = server_stages(d)
+    answers = stages["total"]["count"] or 0
+    degraded = sum(v for k, v in d.items() if k.startswith("benefits_recommend_degraded_total"))
+    return {
+        "stages": stages,
+        "degraded_answers": int(degraded),
+        "degraded_share": round(degraded / answers, 4) if answers else None,
+        "counters": server_counters(d),
+    }
+
+
 def client_stats(latencies_ms: Sequence[float], failures: int, seconds: float) -> dict[str, Any]:
     """Client-side percentiles (exact, from every request) and achieved rate over ``seconds``."""
     n = len(latencies_ms)
@@ -320,6 +337,8 @@ class Options:
     spike_p99_ms: float = 25.0
     recover_s: float = 5.0
     max_error_rate: float = 0.0
+    #: Judged only when set; the share is always reported.
+    max_degraded_rate: float | None = None
     budget_on: Literal["client", "server"] = "client"
     name: str | None = None
     registry: Path | None = None
@@ -367,6 +386,9 @@ def judge(summary: dict[str, Any], opts: Options) -> dict[str, Any]:
     else:
         checks.append(_check("p99_ms", p99(summary["overall"]), opts.p99_ms))
     checks.append(_check("error_rate", summary["overall"]["error_rate"], opts.max_error_rate))
+    if opts.max_degraded_rate is not None:
+        share = summary["overall"].get("server", {}).get("degraded_share")
+        checks.append(_check("degraded_share", share, opts.max_degraded_rate))
     checks.append(
         _check(
             "achieved share of offered page views",
@@ -380,6 +402,7 @@ def judge(summary: dict[str, Any], opts: Options) -> dict[str, Any]:
         "p99_ms": opts.p99_ms,
         "spike_p99_ms": opts.spike_p99_ms if summary["shape"] == "flash" else None,
         "max_error_rate": opts.max_error_rate,
+        "max_degraded_rate": opts.max_degraded_rate,
         "checks": checks,
         "ok": all(c["ok"] for c in checks),
     }
@@ -407,8 +430,7 @@ def _block(tl: Timeline, scraper: Scraper | None, a: float, b: float) -> dict[st
             d = delta(lo[1], hi[1])
             out["server"] = {
                 "scrape_window_s": [round(lo[0] - tl.t0_wall, 2), round(hi[0] - tl.t0_wall, 2)],
-                "stages": server_stages(d),
-                "counters": server_counters(d),
+                **server_view(d),
             }
     return out
 
@@ -449,7 +471,7 @@ def summarise(
     overall["client"]["feedback"]["rps"] = round(fb["requests"] / dur, 1)
     if before is not None and after is not None:
         d = delta(before, after)
-        overall["server"] = {"stages": server_stages(d), "counters": server_counters(d)}
+        overall["server"] = server_view(d)
     phases: dict[str, Any] = {}
     merged: dict[str, tuple[float, float]] = {}
     for p in tl.phases:
@@ -476,7 +498,7 @@ def summarise(
 
 @dataclass
 class Stack:
-    """What :func:`started_stack` built; ``apis`` are the processes it can restart per configuration."""
+    """What :func:`started_stack` built; ``procs`` are the API processes of the current configuration."""
 
     settings: Any
     workdir: Path

@@ -138,6 +138,10 @@ def loadtest(
     p99_ms: Annotated[float, typer.Option(help="Budget: p99 of recommend in ms.")] = 10.0,
     spike_p99_ms: Annotated[float, typer.Option(help="Budget during a flash-sale spike.")] = 25.0,
     max_error_rate: Annotated[float, typer.Option(help="Budget: share of failed requests.")] = 0.0,
+    max_degraded_rate: Annotated[
+        float | None,
+        typer.Option(help="Budget: share of degraded (fallback) answers; reported only if unset."),
+    ] = None,
     budget_on: Annotated[str, typer.Option(help="Judge the client's or the server's p99.")] = "client",
     capacity: Annotated[bool, typer.Option(help="Step the rate to find the max rps within budget.")] = False,
     capacity_offers: Annotated[str, typer.Option(help="Catalog sizes for --capacity.")] = "50,200,500",
@@ -172,6 +176,7 @@ def loadtest(
         p99_ms=p99_ms,
         spike_p99_ms=spike_p99_ms,
         max_error_rate=max_error_rate,
+        max_degraded_rate=max_degraded_rate,
         budget_on=budget_on,  # type: ignore[arg-type]
         capacity=capacity,
         capacity_offers=[int(x) for x in capacity_offers.split(",")],

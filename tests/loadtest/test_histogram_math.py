@@ -20,6 +20,7 @@ from benchmarks.loadtest import (
     parse_metrics,
     recovery_seconds,
     server_stages,
+    server_view,
 )
 from service.metrics import Metrics
 
@@ -146,6 +147,24 @@ def test_budget_and_exit_code(p99: float | None, errors: float, share: float, co
     s = _summary(p99, errors, share)
     s["budget"] = judge(s, Options(p99_ms=10.0, max_error_rate=0.0))
     assert exit_code(s) == code
+
+
+def test_degraded_share_is_judged_only_when_asked() -> None:
+    s = _summary(5.0, 0.0, 1.0)
+    s["overall"]["server"]["degraded_share"] = 0.07  # type: ignore[index]
+    s["budget"] = judge(s, Options(p99_ms=10.0))
+    assert exit_code(s) == 0
+    s["budget"] = judge(s, Options(p99_ms=10.0, max_degraded_rate=0.01))
+    assert exit_code(s) == 1
+
+
+def test_server_view_counts_degraded_answers() -> None:
+    m = Metrics()
+    for _ in range(8):
+        m.observe_stage("total", 1.0)
+    m.degraded.labels(cause="state_timeout").inc(2)
+    view = server_view(parse_metrics(m.render().decode()))
+    assert view["degraded_answers"] == 2 and view["degraded_share"] == 0.25
 
 
 def test_budget_on_server_view() -> None:

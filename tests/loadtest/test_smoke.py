@@ -40,6 +40,7 @@ def test_loadtest_command_end_to_end(tmp_path: Path) -> None:
     # Every recommend the client saw succeed was timed by the server (warm-up is before the window).
     assert stages["total"]["count"] == rec["requests"]
     assert 0 < stages["total"]["p50_ms"] <= stages["total"]["p99_ms"]
+    assert 0.0 <= overall["server"]["degraded_share"] <= 1.0
     assert summary["phases"]["steady"]["server"]["stages"]["total"]["count"] > 0
     # Locust's own count stops with its stats; ours also keeps a request that ends at the last tick.
     assert abs(summary["locust_reported"]["recommend"]["requests"] - rec["requests"]) <= 2
