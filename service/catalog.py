@@ -216,6 +216,14 @@ class CatalogHolder:
         if current is not None and version == current.version:
             return False
         version, offers = await self.store.read_all()
+        if not offers and current is not None and len(current) > 0:
+            # Offers are retired, never deleted, so an empty store means it lost its data (a Redis
+            # restarted without persistence, a flush). Installing that would serve empty slates until
+            # someone re-seeds: keep the live catalog and write it back (seed-if-empty is atomic, so
+            # one replica wins and the others load its copy on their next poll).
+            if await self.store.seed_if_empty(list(current.offers)):
+                log.warning("catalog store was empty: re-seeded it with %d offers in process", len(current))
+            return False
         self.current = build_snapshot(version, offers, now, self._stats, self._reserved)
         log.info("catalog version %d installed (%d offers)", version, len(offers))
         return True

@@ -1,0 +1,811 @@
+"""Reliability and security checks against real processes: ``benefits reliability`` (``make reliability``).
+
+Every scenario starts its own parts (embedded Redis and broker on free loopback ports, ``benefits serve``
+and ``benefits worker`` as child processes via :mod:`benefits.stack`), drives them with a small bounded
+asyncio HTTP/1.1 load generator (:class:`Load`; Locust stays with the load test), breaks something and
+measures what the clients saw. The runner writes ``docs/reliability.md``; ``tests/reliability`` runs the
+same scenario functions with short durations.
+
+Scenarios (each returns a :class:`Outcome` with measured numbers and pass/fail checks):
+
+- :func:`redis_kill`: SIGKILL Redis under load, restart it on the same port: zero 5xx, degraded answers
+  during the outage, personalised answers again without restarting the API.
+- :func:`broker_kill`: SIGKILL the broker under load: recommend unaffected, feedback 503 (counted), every
+  feedback accepted before the kill was read back from the topic before the kill, feedback accepted
+  again and folded by the worker after the restart.
+- :func:`worker_kill`: SIGKILL the stream worker mid-stream (the stream harness of ``tests/stream``);
+  the final Redis state equals one offline pass.
+- :func:`bad_models`: corrupt, truncated and schema-mismatched models promoted through the admin API and
+  through the registry pointer: refused with the reason, the previous model keeps serving.
+- :func:`overload`: closed-loop capacity, then 3x that rate open-loop: p99 of accepted requests, share
+  shed with fast 503s.
+- :func:`schemathesis_run`: the OpenAPI spec fuzzed with each key scope: no 5xx, responses conform.
+- :func:`security_checks`: route x key matrix over every route of the running spec, secrets and raw
+  member ids absent from the API's log, body limits, erasure leaves no key of the member.
+
+Hazard: the embedded broker (tansu, memory storage) and Redis (no persistence) lose their data when
+killed. The checks are written for that and say so in the report; production runs durable ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from benefits import stack as st
+from benefits.embedded import Service, create_topics, free_port, start_broker, start_redis
+from benefits.registry import METADATA_FILE, MODEL_FILE, Registry
+from benefits.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+PAGES = ("home", "category", "product", "cart", "checkout")
+
+
+# -- a model registry with good and bad versions ------------------------------------------------------
+
+
+def _train_onnx(seed: int, n_trees: int = 20) -> Any:
+    """A small LightGBM classifier on random rows, exported to ONNX with the feature metadata."""
+    import lightgbm as lgb
+    import numpy as np
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    x = rng.gamma(1.0, 2.0, size=(n, N_FEATURES)).astype(np.float32)
+    x[:, FEATURE_INDEX["page_category_match"]] = rng.random(n) < 0.2
+    logit = (
+        -3.0
+        + 0.8 * np.log1p(x[:, FEATURE_INDEX["cat_interest_7d"]])
+        + 1.0 * x[:, FEATURE_INDEX["page_category_match"]]
+        + rng.normal(0, 0.5, n)
+    )
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    clf = lgb.LGBMClassifier(n_estimators=n_trees, num_leaves=15, verbose=-1, random_state=seed)
+    clf.fit(x, y)
+    model = convert_lightgbm(
+        clf, initial_types=[("input", FloatTensorType([None, N_FEATURES]))], zipmap=False, target_opset=15
+    )
+    _set_meta(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
+    return model
+
+
+def _set_meta(model: Any, meta: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+
+
+def build_registry(root: Path) -> Registry:
+    """``v1`` (promoted) and ``v2`` good; ``bad-corrupt``, ``bad-truncated``, ``bad-schema`` refusable."""
+    from features.projection import FEATURE_NAMES, FEATURE_SCHEMA
+
+    good1 = _train_onnx(1).SerializeToString()
+    good2 = _train_onnx(2).SerializeToString()
+    mismatched = _train_onnx(3, n_trees=5)
+    _set_meta(mismatched, {"feature_schema": "v0:deadbeefdeadbeef", "feature_names": "[]"})
+    files = {
+        "v1": good1,
+        "v2": good2,
+        "bad-schema": mismatched.SerializeToString(),
+        "bad-truncated": good1[: len(good1) // 2],
+        "bad-corrupt": b"this is not an onnx model" * 40,
+    }
+    meta = {"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES), "metrics": {"auc": 0.7}}
+    for version, data in files.items():
+        d = root / "models" / version
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MODEL_FILE).write_bytes(data)
+        (d / METADATA_FILE).write_text(json.dumps(meta))
+    reg = Registry(root)
+    reg.promote("v1")
+    return reg
+
+
+# -- a private stack ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """Private Redis + broker + API (+ worker) for one scenario. ``settings`` is what the children got."""
+
+    workdir: Path
+    settings: Settings
+    redis: Service
+    broker: Service
+    storefront_key: str
+    admin_key: str
+    salt: str
+    api: st.Proc | None = None
+    worker: st.Proc | None = None
+    base: str = ""
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def sf(self) -> dict[str, str]:
+        return {"X-API-Key": self.storefront_key}
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"X-API-Key": self.admin_key}
+
+    def start_api(self) -> None:
+        self.api = st.start_api(self.settings, self.workdir / "logs")
+        self.base = f"http://127.0.0.1:{self.settings.port}"
+        st.wait_ready(self.base, self.api)
+
+    def start_worker(self) -> st.Proc:
+        n = len(list((self.workdir / "logs").glob("worker*.log")))
+        self.worker = st.start_worker(self.settings, self.workdir / "logs", name=f"worker-{n}")
+        return self.worker
+
+    def restart_redis(self) -> None:
+        self.redis = start_redis(port=self.redis.port)
+
+    def restart_broker(self) -> None:
+        self.broker = start_broker(port=self.broker.port)
+        asyncio.run(self.create_topics())
+
+    async def create_topics(self) -> None:
+        s = self.settings
+        assert s.kafka_bootstrap is not None
+        await create_topics(s.kafka_bootstrap, {s.events_topic: s.events_partitions, s.dead_letter_topic: 1})
+
+    def api_log(self) -> str:
+        if self.api is None or self.api.log_path is None or not self.api.log_path.exists():
+            return ""
+        return self.api.log_path.read_text(errors="replace")
+
+    def offer_ids(self, n: int = 20) -> list[str]:
+        r = httpx.get(f"{self.base}/v1/admin/offers", headers=self.admin, timeout=10)
+        r.raise_for_status()
+        return [o["offer_id"] for o in r.json()["offers"] if o["active"] and o["inventory"] is None][:n]
+
+
+def write_members(settings: Settings, member_ids: Sequence[str], seed: int = 3) -> None:
+    """Member states folded from random histories (consent on), written the way the worker writes them."""
+    import numpy as np
+
+    from benchmarks.ranking import simulate_member
+    from features.redis_client import connect
+    from features.redis_layout import MemberStore, StoredMember
+
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    states = [simulate_member(m, now, rng) for m in member_ids]
+    for s in states:
+        s.personalization_consent = True
+
+    async def go() -> None:
+        assert settings.redis_url is not None
+        client = connect(settings.redis_url, cluster=False, timeout_ms=2000)
+        try:
+            await MemberStore(client, settings.layout).put_members(StoredMember(state=s) for s in states)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+@contextlib.contextmanager
+def private_stack(
+    workdir: Path | None = None,
+    *,
+    api: bool = True,
+    worker: bool = False,
+    members: int = 200,
+    **overrides: Any,
+) -> Iterator[Stack]:
+    """Start Redis, broker (topics created), a registry, member states, the API and optionally a worker;
+    stop everything on exit. Keys and salt are random per stack (the log checks look for them)."""
+    own_dir = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="benefits-rel-")) if workdir is None else workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    redis_svc = start_redis()
+    broker_svc: Service | None = None
+    s: Stack | None = None
+    try:
+        broker_svc = start_broker()
+        reg = build_registry(wd / "registry")
+        sf_key, admin_key, salt = (f"{p}-{secrets.token_hex(12)}" for p in ("sf", "adm", "salt"))
+        token = secrets.token_hex(3)
+        base: dict[str, Any] = {
+            "environment": "test",
+            "log_level": "INFO",
+            "redis_url": redis_svc.url,
+            "kafka_bootstrap": broker_svc.url,
+            "redis_prefix": f"r{token}",
+            "events_topic": f"member-events-{token}",
+            "dead_letter_topic": f"member-events-dlq-{token}",
+            "consumer_group": f"rel-{token}",
+            "registry_dir": reg.root,
+            "storefront_api_keys": [sf_key],
+            "admin_api_keys": [admin_key],
+            "member_hash_salt": salt,
+            "model_poll_seconds": 0.5,
+            "catalog_poll_seconds": 0.5,
+            "worker_metrics_port": free_port(),
+            "host": "127.0.0.1",
+            "port": free_port(),
+        }
+        base.update(overrides)
+        settings = Settings(**base)
+        s = Stack(wd, settings, redis_svc, broker_svc, sf_key, admin_key, salt)
+        asyncio.run(s.create_topics())
+        s.members = [f"rm-{i}" for i in range(members)]
+        if members:
+            write_members(settings, s.members)
+        if api:
+            s.start_api()
+        if worker:
+            s.start_worker()
+        yield s
+    finally:
+        if s is not None:
+            for p in (s.worker, s.api):
+                if p is not None:
+                    p.stop()
+            redis_svc = s.redis
+            broker_svc = s.broker
+        if broker_svc is not None:
+            broker_svc.stop()
+        redis_svc.stop()
+        if own_dir:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+# -- a bounded asyncio HTTP/1.1 load generator ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    t: float  # seconds since the load started (scheduled time in open loop)
+    status: int  # 0: connection error or client timeout
+    ms: float  # from the scheduled send (open loop) / the send (closed loop) to the full response
+    kind: str  # "recommend" | "feedback"
+    info: str | None = None  # recommend: mode or degraded cause; feedback: event_id of a 202
+    member: str | None = None
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def http_request(host: str, port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Load:
+    """Keep-alive connections (at most ``max_conns``) to one API; closed- or open-loop runs.
+
+    Far cheaper per request than httpx, so one Python core can offer several thousand requests per
+    second to the API on the other core. Every request has a client timeout; nothing is unbounded.
+    """
+
+    def __init__(self, base: str, api_key: str, max_conns: int = 512, timeout_s: float = 5.0) -> None:
+        hostport = base.split("//", 1)[1]
+        self.host, port = hostport.split(":")
+        self.port = int(port)
+        self.headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+        self.max_conns = max_conns
+        self.timeout_s = timeout_s
+        self._idle: list[_Conn] = []
+        self._opened = 0
+        self._free = asyncio.Condition()
+
+    async def _get(self) -> tuple[_Conn, bool]:
+        """(connection, reused): an idle one (most recently used first) or a new one."""
+        async with self._free:
+            while not self._idle and self._opened >= self.max_conns:
+                await self._free.wait()
+            if self._idle:
+                return self._idle.pop(), True
+            self._opened += 1
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            async with self._free:
+                self._opened -= 1
+                self._free.notify()
+            raise
+        return _Conn(reader, writer), False
+
+    async def _put(self, conn: _Conn | None) -> None:
+        async with self._free:
+            if conn is None:
+                self._opened -= 1
+            else:
+                self._idle.append(conn)
+            self._free.notify()
+
+    async def send(self, path: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+        raw = http_request(self.host, self.port, "POST", path, self.headers, orjson.dumps(payload))
+        for _attempt in range(2):
+            try:
+                conn, reused = await asyncio.wait_for(self._get(), self.timeout_s)
+            except (OSError, TimeoutError) as exc:
+                return 0, f"connect:{type(exc).__name__}".encode()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    out = await conn.request(raw)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                conn.close()
+                await self._put(None)
+                # uvicorn closes keep-alive connections idle for 5 s; a pooled one may be gone already.
+                # Retry that case once on a new connection (the server never saw the request).
+                if reused and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+                    continue
+                return 0, type(exc).__name__.encode()
+            await self._put(conn)
+            return out
+        return 0, b"closed"
+
+    async def close(self) -> None:
+        for c in self._idle:
+            c.close()
+        self._idle.clear()
+
+    async def one(self, t0: float, scheduled: float, req: Request) -> Result:
+        status, body = await self.send(req.path, req.payload)
+        done = time.perf_counter()
+        info: str | None = None
+        if status == 0:
+            info = body.decode()
+        elif status in (200, 202) and body:
+            parsed = orjson.loads(body)
+            if req.kind == "recommend":
+                info = parsed.get("degraded_cause") or parsed.get("mode")
+                if not parsed.get("offers"):
+                    info = f"{info}+empty"
+            else:
+                info = parsed.get("event_id")
+        elif body and status >= 400:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                info = orjson.loads(body).get("error")
+        return Result(scheduled - t0, status, (done - scheduled) * 1e3, req.kind, info, req.member)
+
+    async def closed_loop(
+        self, make: Callable[[int], Request], concurrency: int, seconds: float
+    ) -> list[Result]:
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        out: list[Result] = []
+        counter = iter(range(10**9))
+
+        async def user() -> None:
+            while time.perf_counter() < end:
+                out.append(await self.one(t0, time.perf_counter(), make(next(counter))))
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        return out
+
+    async def open_loop(
+        self,
+        make: Callable[[int], Request],
+        rate: float,
+        seconds: float,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> list[Result]:
+        """Send at ``rate`` per second on schedule regardless of answers (latency counts from the
+        scheduled instant, so a client that falls behind shows up as latency, not as a lower rate)."""
+        t0 = time.perf_counter()
+        out: list[Result] = []
+        tasks: set[asyncio.Task[None]] = set()
+        n = int(rate * seconds)
+
+        async def fire(i: int, at: float) -> None:
+            out.append(await self.one(t0, at, make(i)))
+
+        for i in range(n):
+            at = t0 + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if on_tick is not None:
+                on_tick(at - t0)
+            task = asyncio.create_task(fire(i, at))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+        return out
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    path: str
+    payload: dict[str, Any]
+    member: str | None = None
+
+
+def recommend_maker(members: Sequence[str], seed: int = 1) -> Callable[[int], Request]:
+    rng = random.Random(seed)
+
+    def make(i: int) -> Request:
+        page = PAGES[i % len(PAGES)]
+        ctx: dict[str, Any] = {"page_type": page}
+        if page in ("category", "product"):
+            ctx["category"] = rng.choice(("baby", "beauty", "electronics", "grocery"))
+        mid = members[rng.randrange(len(members))]
+        return Request("recommend", "/v1/recommend", {"member_id": mid, "context": ctx}, mid)
+
+    return make
+
+
+def feedback_maker(members: Sequence[str], offers: Sequence[str], seed: int = 2) -> Callable[[int], Request]:
+    rng = random.Random(seed)
+
+    def make(i: int) -> Request:
+        mid = members[i % len(members)]
+        body = {
+            "type": "impression",
+            "member_id": mid,
+            "offer_id": rng.choice(offers),
+            "request_id": f"req-{i}",
+            "position": i % 5,
+        }
+        return Request("feedback", "/v1/feedback", body, mid)
+
+    return make
+
+
+def mixed_maker(
+    rec: Callable[[int], Request], fb: Callable[[int], Request], every: int
+) -> Callable[[int], Request]:
+    """Every ``every``-th request is feedback, the rest recommend."""
+    return lambda i: fb(i // every) if i % every == every - 1 else rec(i)
+
+
+# -- summaries ------------------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(q * len(v)))], 2)
+
+
+def summarise(results: Sequence[Result], kind: str | None = None) -> dict[str, Any]:
+    rs = [r for r in results if kind is None or r.kind == kind]
+    ok = [r for r in rs if 200 <= r.status < 300]
+    return {
+        "requests": len(rs),
+        "ok": len(ok),
+        "5xx": sum(1 for r in rs if r.status >= 500 and r.info != "overloaded"),
+        "shed_503": sum(1 for r in rs if r.status == 503 and r.info == "overloaded"),
+        "status": dict(sorted(Counter(str(r.status) for r in rs).items())),
+        "no_answer": dict(Counter(r.info for r in rs if r.status == 0)),
+        "p99_all_answers_ms": pct([r.ms for r in rs if r.status], 0.99),
+        "info": dict(Counter(r.info for r in ok if r.info is not None and kind != "feedback").most_common()),
+        "p50_ms": pct([r.ms for r in ok], 0.50),
+        "p99_ms": pct([r.ms for r in ok], 0.99),
+        "max_ms": round(max((r.ms for r in ok), default=0.0), 2),
+    }
+
+
+def server_errors(results: Sequence[Result], kind: str | None = None) -> int:
+    """Responses >= 500 other than a deliberate 503 (overloaded / unavailable broker for feedback)."""
+    return sum(
+        1
+        for r in results
+        if (kind is None or r.kind == kind)
+        and r.status >= 500
+        and r.info not in ("overloaded", "unavailable")
+    )
+
+
+def load_avg() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
+@dataclass
+class Outcome:
+    name: str
+    tried: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+    lost: str = "nothing"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(self.checks.values())
+
+    def check(self, name: str, ok: bool) -> None:
+        self.checks[name] = bool(ok)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class Background:
+    """Run a coroutine factory in a thread with its own event loop (load while the main thread kills)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self.result = asyncio.run(fn())
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout_s: float = 120.0) -> Any:
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise RuntimeError("load thread did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _phase(results: Sequence[Result], a: float, b: float, kind: str | None = None) -> list[Result]:
+    return [r for r in results if a <= r.t < b and (kind is None or r.kind == kind)]
+
+
+# -- scenarios --------------------------------------------------------------------------------------------
+
+
+def redis_kill(
+    rate: float = 300.0, before_s: float = 3.0, outage_s: float = 4.0, after_s: float = 6.0
+) -> Outcome:
+    out = Outcome(
+        "Redis SIGKILL + restart",
+        f"recommend open-loop at {rate:.0f}/s; Redis SIGKILLed after {before_s:.0f}s, restarted on the "
+        f"same port {outage_s:.0f}s later; API not restarted",
+    )
+    with private_stack() as s:
+        total = before_s + outage_s + after_s
+        start = time.perf_counter()
+        make = recommend_maker(s.members)
+
+        async def go() -> list[Result]:
+            load = Load(s.base, s.storefront_key)
+            try:
+                return await load.open_loop(make, rate, total)
+            finally:
+                await load.close()
+
+        bg = Background(go)
+        time.sleep(max(0.0, start + before_s - time.perf_counter()))
+        s.redis.kill()
+        t_kill = time.perf_counter() - start
+        time.sleep(max(0.0, start + before_s + outage_s - time.perf_counter()))
+        s.restart_redis()
+        t_back = time.perf_counter() - start
+        # The embedded Redis keeps nothing on disk: member state is gone. Stand in for the restore a
+        # persistent Redis (or replaying the topic into a fresh prefix) would give.
+        write_members(s.settings, s.members)
+        t_restored = time.perf_counter() - start
+        results: list[Result] = bg.join()
+        ready = httpx.get(f"{s.base}/readyz", timeout=5).json()
+        api_alive = s.api is not None and s.api.alive()
+
+    rec = [r for r in results if r.kind == "recommend"]
+    before = _phase(rec, 0.0, t_kill)
+    during = _phase(rec, t_kill + 0.05, t_back)
+    after = _phase(rec, t_restored + 1.5, total + 1)
+    first_ok = next(
+        (r.t for r in sorted(rec, key=lambda r: r.t) if r.t > t_back and r.info == "personalised"), None
+    )
+    out.numbers = {
+        "requests": len(rec),
+        "5xx": server_errors(rec),
+        "errors_no_answer": sum(1 for r in rec if r.status == 0),
+        "before": summarise(before),
+        "during_outage": summarise(during),
+        "after_recovery": summarise(after),
+        "degraded_during_outage": sum(1 for r in during if r.info and r.info.startswith("state_")),
+        "personalised_again_after_restart_s": round(first_ok - t_back, 2) if first_ok else None,
+        "readyz_after": ready,
+        "load": load_avg(),
+    }
+    out.check("zero 5xx", server_errors(rec) == 0 and all(r.status != 0 for r in rec))
+    out.check("every request answered 200", all(r.status == 200 for r in rec))
+    out.check(
+        "degraded answers (state_*) during the outage",
+        bool(during) and all(r.info is not None and r.info.startswith("state_") for r in during),
+    )
+    out.check("no empty slate at any time", not any(r.info and r.info.endswith("+empty") for r in rec))
+    out.check(
+        "personalised answers again after the restart",
+        bool(after) and sum(1 for r in after if r.info == "personalised") > 0.9 * len(after),
+    )
+    out.check("API process not restarted", api_alive)
+    out.check("/readyz ready again", bool(ready.get("ready")))
+    out.lost = (
+        "member state held only in the killed Redis (embedded Redis runs without persistence); the check "
+        "re-writes it after the restart. No request failed."
+    )
+    return out
+
+
+async def _topic_event_ids(bootstrap: str, topic: str, expected: int, timeout_s: float) -> set[str]:
+    from features import stream_harness as h
+
+    ids: set[str] = set()
+    for raw in await h.consume_all(bootstrap, topic, expected, timeout_s=timeout_s):
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            ids.add(orjson.loads(raw).get("event_id"))
+    return ids
+
+
+def _folded(settings: Settings, member_ids: Sequence[str]) -> int:
+    from features import stream_harness as h
+
+    assert settings.redis_url is not None
+    return int(_run(h.events_folded(settings.redis_url, settings.redis_prefix, member_ids)))
+
+
+def _wait_folded(settings: Settings, member_ids: Sequence[str], expected: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    seen = _folded(settings, member_ids)
+    while seen < expected and time.monotonic() < deadline:
+        time.sleep(0.25)
+        seen = _folded(settings, member_ids)
+    return seen
+
+
+def _feedback_phase(
+    s: Stack, members: Sequence[str], offers: Sequence[str], rate: float, secs: float
+) -> list[Result]:
+    async def go() -> list[Result]:
+        load = Load(s.base, s.storefront_key, max_conns=256, timeout_s=10.0)
+        try:
+            return await load.open_loop(feedback_maker(members, offers), rate, secs)
+        finally:
+            await load.close()
+
+    res: list[Result] = _run(go())
+    return res
+
+
+def broker_kill(
+    rec_rate: float = 300.0,
+    fb_rate: float = 100.0,
+    before_s: float = 3.0,
+    outage_s: float = 4.0,
+    after_s: float = 6.0,
+) -> Outcome:
+    out = Outcome(
+        "Broker SIGKILL + restart",
+        f"recommend open-loop at {rec_rate:.0f}/s throughout; feedback at {fb_rate:.0f}/s before, during "
+        f"and after a {outage_s:.0f}s broker outage; worker running",
+    )
+    with private_stack(worker=True) as s:
+        s_ = s.settings
+        assert s_.kafka_bootstrap is not None
+        offers = s.offer_ids()
+        fa, fb, fc = ([f"{p}-{i}" for i in range(40)] for p in ("fa", "fb", "fc"))
+        # The worker must have joined its group before the clock starts (about 3-7 s on tansu).
+        warm = _feedback_phase(s, ["warm-0"], offers, 20, 0.5)
+        _wait_folded(s_, ["warm-0"], sum(1 for r in warm if r.status == 202), 30)
+        total = before_s + outage_s + after_s + 8.0
+        start = time.perf_counter()
+
+        async def rec_load() -> list[Result]:
+            load = Load(s.base, s.storefront_key)
+            try:
+                return await load.open_loop(recommend_maker(s.members), rec_rate, total)
+            finally:
+                await load.close()
+
+        bg = Background(rec_load)
+        a = _feedback_phase(s, fa, offers, fb_rate, before_s)
+        accepted_a = {r.info for r in a if r.status == 202 and r.info}
+        in_topic_a = _run(_topic_event_ids(s_.kafka_bootstrap, s_.events_topic, len(accepted_a), 20))
+        folded_a = _wait_folded(s_, fa, len(accepted_a), 20)
+
+        s.broker.kill()
+        t_kill = time.perf_counter() - start
+        b = _feedback_phase(s, fb, offers, fb_rate, outage_s)
+        s.restart_broker()
+        t_back = time.perf_counter() - start
+        c = _feedback_phase(s, fc, offers, fb_rate, after_s)
+        accepted_c = {r.info for r in c if r.status == 202 and r.info}
+        in_topic_c = _run(_topic_event_ids(s_.kafka_bootstrap, s_.events_topic, len(accepted_c), 20))
+        folded_c = _wait_folded(s_, fc, len(accepted_c), 45)
+        t_end = time.perf_counter() - start
+        rec: list[Result] = bg.join()
+        worker_alive = s.worker is not None and s.worker.alive()
+        api_alive = s.api is not None and s.api.alive()
+
+    rec_out = _phase(rec, t_kill, t_back)
+    c_sorted = sorted(c, key=lambda r: r.t)
+    first_ok = next((r.t for r in c_sorted if r.status == 202), None)
+    out.numbers = {
+        "recommend": summarise(rec),
+        "recommend_before_kill": summarise(_phase(rec, 0.0, t_kill)),
+        "recommend_during_outage": summarise(rec_out),
+        "feedback_before": summarise(a, "feedback"),
+        "feedback_during_outage": summarise(b, "feedback"),
+        "feedback_after_restart": summarise(c, "feedback"),
+        "feedback_503_during_outage": sum(1 for r in b if r.status == 503),
+        "feedback_2xx_during_outage": sum(1 for r in b if 200 <= r.status < 300),
+        "feedback_accepted_before_kill": len(accepted_a),
+        "of_which_read_back_from_topic_before_kill": len(accepted_a & in_topic_a),
+        "of_which_folded_by_worker_before_kill": folded_a,
+        "feedback_accepted_after_restart": len(accepted_c),
+        "of_which_in_topic_after_restart": len(accepted_c & in_topic_c),
+        "of_which_folded_by_worker_after_restart": folded_c,
+        "feedback_accepted_again_after_restart_s": round(first_ok, 2) if first_ok is not None else None,
+        "seconds_total": round(t_end, 1),
+        "load": load_avg(),
+    }
+    out.check("recommend: zero 5xx", server_errors(rec) == 0 and all(r.status == 200 for r in rec))
+    out.check(
+        "recommend: not degraded by the broker",
+        all(r.info == "personalised" for r in rec_out if r.status == 200),
+    )
+    p99_before = summarise(_phase(rec, 0.0, t_kill))["p99_ms"] or 0.0
+    p99_out = summarise(rec_out)["p99_ms"] or 0.0
+    out.check("recommend: p99 during the outage < 50 ms", p99_out < 50.0)
+    out.check("feedback: every request during the outage is 503 (none silently accepted)",
+              bool(b) and all(r.status == 503 for r in b))  # fmt: skip
+    out.check(
+        "feedback: every 202 before the kill was in the topic", accepted_a <= in_topic_a and bool(accepted_a)
+    )
+    out.check("feedback: worker folded every 202 before the kill", folded_a == len(accepted_a))
+    out.check("feedback: accepted again after the restart", len(accepted_c) > 0)
+    out.check("feedback: every 202 after the restart is in the topic", accepted_c <= in_topic_c)
+    out.check("worker: resumed and folded every 202 after the restart", folded_c == len(accepted_c))
+    out.check("worker and API processes survived", worker_alive and api_alive)
+    out.numbers["recommend_p99_before_vs_outage_ms"] = [p99_before, p99_out]
+    out.lost = (
+        "nothing accepted: every 202 was read back (topic and worker) before the kill; outage requests "
+        "got 503. The memory-only broker itself forgets its topic when killed (production Kafka does not)."
+    )
+    return out
