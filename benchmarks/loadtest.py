@@ -621,10 +621,15 @@ def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
     return targets
 
 
-def warm_up(targets: Sequence[str], api_key: str, n: int) -> None:
-    """A few hundred sequential requests per target (first ONNX runs, connection pools, caches)."""
+def warm_up(targets: Sequence[str], api_key: str, n: int) -> dict[str, Any]:
+    """A few hundred sequential requests per target (first ONNX runs, connection pools, caches).
+
+    Returns their client-side latency (second half only, one request at a time, httpx, no Locust): the
+    round trip of an otherwise idle API on this machine, a reference for what Locust adds under load.
+    """
     headers = {"X-API-Key": api_key}
     pages = ["home", "category", "product", "cart"]
+    times: list[float] = []
     for t in targets:
         with httpx.Client(base_url=t, headers=headers, timeout=5.0) as c:
             for i in range(n):
@@ -632,8 +637,13 @@ def warm_up(targets: Sequence[str], api_key: str, n: int) -> None:
                 ctx: dict[str, Any] = {"page_type": page}
                 if page in ("category", "product"):
                     ctx["category"] = "baby"
+                t0 = time.perf_counter()
                 r = c.post("/v1/recommend", json={"member_id": f"lt-{i}", "context": ctx})
                 r.raise_for_status()
+                if i >= n // 2:
+                    times.append((time.perf_counter() - t0) * 1e3)
+    stats = client_stats(times, 0, 1.0)
+    return {"requests": len(times), "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
 
 
 # -- one Locust run ---------------------------------------------------------------------------------------
@@ -805,8 +815,9 @@ def run_command(base_settings: Any, opts: Options) -> int:
         if opts.targets:
             if opts.capacity:
                 raise ValueError("--capacity starts its own stack per configuration; drop --target")
-            warm_up(opts.targets, api_key, min(opts.warmup_requests, 50))
+            idle = warm_up(opts.targets, api_key, min(opts.warmup_requests, 50))
             summary = run_locust(opts.targets, opts, api_key, name, workdir)
+            summary["sequential_round_trip_before_load"] = idle
             summary["stack"] = _stack_info(None, opts)
         else:
             with started_stack(base_settings, opts, workdir) as stack:
@@ -814,8 +825,9 @@ def run_command(base_settings: Any, opts: Options) -> int:
                     summary = _capacity(stack, opts, api_key, workdir)
                 else:
                     targets = start_apis(stack, opts.offers, opts.workers)
-                    warm_up(targets, api_key, opts.warmup_requests)
+                    idle = warm_up(targets, api_key, opts.warmup_requests)
                     summary = run_locust(targets, opts, api_key, name, workdir)
+                    summary["sequential_round_trip_before_load"] = idle
                 summary["stack"] = _stack_info(stack, opts)
     except (RuntimeError, ValueError, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:
         log.error("load test failed: %s (work files in %s)", exc, workdir)
@@ -851,10 +863,11 @@ def _capacity(stack: Stack, opts: Options, api_key: str, workdir: Path) -> dict[
         for workers in opts.capacity_workers:
             label = f"capacity-{workers}w-{offers}o"
             targets = start_apis(stack, offers, workers)
-            warm_up(targets, api_key, opts.warmup_requests)
+            idle = warm_up(targets, api_key, opts.warmup_requests)
             configs[f"{workers}_workers_{offers}_offers"] = {
                 "workers": workers,
                 "offers": offers,
+                "sequential_round_trip_before_load": idle,
                 **find_capacity(
                     targets, replace(opts, offers=offers, workers=workers), api_key, label, workdir
                 ),
