@@ -13,6 +13,10 @@ Two measurements, each against its own embedded Redis and broker started here:
    Redis, so it includes producer batching, the broker and the fetch) is scraped before and after the
    steady phase and p50/p99 are interpolated inside the bucket that holds them.
 
+3. **Real data**: The Complete Journey (all 2,469 households, 155,848 baskets by default) replayed as
+   order events through a worker; the summary records whether the stored state equals the offline
+   fold for every household (``features.replay_cj.full_check``).
+
 Prints the JSON summary as the last line and writes ``benchmarks/results/stream.json``.
 """
 
@@ -33,6 +37,7 @@ from benchmarks._common import machine_info, write_result
 from benefits.embedded import Service, create_topics, free_port, start_broker, start_redis
 from features import events as ev
 from features import stream_harness as h
+from features.replay_cj import full_check
 from features.stream import FRESHNESS_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -219,6 +224,9 @@ def main() -> None:
     parser.add_argument("--batch-max", type=int, default=2000, help="BENEFITS_WORKER_BATCH_MAX")
     parser.add_argument("--within-ms", type=int, default=20, help="BENEFITS_WORKER_BATCH_WITHIN_MS")
     parser.add_argument("--skip-throughput", action="store_true", help="only the freshness run")
+    parser.add_argument(
+        "--cj-households", type=int, default=2469, help="Complete Journey households to replay (0: skip)"
+    )
     args = parser.parse_args()
     BATCH.update(batch_max=args.batch_max, batch_within_ms=args.within_ms)
     logging.basicConfig(level=logging.WARNING)
@@ -235,6 +243,7 @@ def main() -> None:
     finally:
         redis.stop()
         broker.stop()
+    cj = full_check(households=args.cj_households) if args.cj_households else None
     batch = runs[0] if runs else {"events_per_second": None}
     summary = {
         "benchmark": "stream",
@@ -249,6 +258,7 @@ def main() -> None:
         "freshness_p50_ms": fresh["freshness_p50_ms"],
         "freshness_p99_ms": fresh["freshness_p99_ms"],
         "worker_batching": dict(BATCH),
+        "complete_journey_replay": cj,
         "targets": {"events_per_second_per_worker": 20_000, "freshness_p99_ms": 100},
         "meets_targets": bool(
             (batch["events_per_second"] or 0) >= 20_000 and fresh["freshness_p99_ms"] <= 100

@@ -27,6 +27,14 @@ def _check_parity(cfg: h.WorkerConfig, events: list, log: Path, timeout_s: float
         metrics = h.scrape_metrics(cfg.metrics_port)
     folded = sum(v for (name, _), v in metrics.items() if name == "benefits_stream_events_total")
     assert folded == len(events)
+    assert metrics[("benefits_stream_freshness_seconds_count", ())] == len(events)
+    assert metrics[("benefits_stream_batch_size_sum", ())] == len(events)
+    lags = {
+        dict(lb)["partition"]: v
+        for (name, lb), v in metrics.items()
+        if name == "benefits_stream_consumer_lag"
+    }
+    assert lags == {str(p): 0.0 for p in range(cfg.partitions)}, "drained: no lag on any partition"
 
     reference = h.offline_fold(events)
     stored = asyncio.run(h.read_members(cfg.redis_url, cfg.prefix, mids))
