@@ -46,7 +46,8 @@ def worker() -> None:
     """Run a stream worker: fold member-events into member state in Redis."""
     from features.stream import run_worker
 
-    run_worker(_settings())
+    settings = _settings()
+    run_worker(settings, engine=settings.worker_engine)
 
 
 @app.command()

@@ -254,6 +254,16 @@ class MemberStore:
                 await pipe.execute()
         return len(items)
 
+    async def delete_members(self, member_ids: list[str]) -> int:
+        """Delete member blobs (the worker applying erasure tombstones); one round trip."""
+        if not member_ids:
+            return 0
+        async with self.r.pipeline(transaction=False) as pipe:
+            for mid in member_ids:
+                pipe.delete(self.layout.member_key(mid))
+            deleted = await pipe.execute()
+        return int(sum(deleted))
+
     async def all_offer_stats(self) -> list[StoredOfferStats]:
         keys = [k async for k in self.r.scan_iter(match=self.layout.offer_stats_pattern(), count=100)]
         out = []

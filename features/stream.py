@@ -157,6 +157,9 @@ class StreamMetrics:
         self.redis_errors = Counter(
             "benefits_stream_redis_errors_total", "Failed Redis round trips (retried).", registry=r
         )
+        self.erasures = Counter(
+            "benefits_stream_erasures_total", "Members erased by a tombstone (state deleted).", registry=r
+        )
         self.lag = Gauge(
             "benefits_stream_consumer_lag",
             "Messages behind the partition's high watermark after the last batch.",
@@ -208,7 +211,8 @@ class RawRecord(msgspec.Struct, array_like=True, gc=False):
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    #: None is a Kafka tombstone: the API publishes one per erased member (see service/feedback.py).
+    value: bytes | None
 
 
 class DeadLetter(msgspec.Struct, omit_defaults=True):
@@ -257,8 +261,10 @@ def make_dead_letter(rec: RawRecord, topic: str, reason: str, detail: str, now: 
         dead_lettered_ts=now,
         key=_text_or_none(rec.key) if rec.key is not None else None,
         payload_text=text,
-        payload_b64=None if text is not None else base64.b64encode(rec.value).decode("ascii"),
-        payload_bytes=len(rec.value),
+        payload_b64=None
+        if text is not None or rec.value is None
+        else base64.b64encode(rec.value).decode("ascii"),
+        payload_bytes=len(rec.value) if rec.value is not None else 0,
     )
 
 
@@ -302,8 +308,25 @@ class BatchProcessor:
         now = time.time()
         dead_reasons: TallyCounter[str] = TallyCounter()
 
+        #: member -> True for members erased by a tombstone in this batch (their stored blob is ignored).
+        erased: dict[str, bool] = {}
+
         for rec in records:
             last_offsets[rec.partition] = rec.offset
+            if rec.value is None:
+                # An erasure tombstone (null value, key = member id). Everything the member did before it
+                # is forgotten: drop the batch's earlier events of the member and start from nothing.
+                # Redelivery after a crash replays the same prefix and the same tombstone, so the end
+                # state is the same (exactly-once in effect holds across erasures).
+                mid_raw = _text_or_none(rec.key)
+                if not mid_raw:
+                    self._dead_letter(
+                        out, dead_reasons, rec, "malformed", "null value without a member key", now
+                    )
+                    continue
+                erased[mid_raw] = True
+                by_member[mid_raw] = []
+                continue
             try:
                 event = decode(rec.value)
                 if rec.key is None or rec.key != event.member_id.encode():
@@ -332,10 +355,16 @@ class BatchProcessor:
         )
 
         to_write: list[StoredMember] = []
+        to_delete: list[str] = []
         type_counts: TallyCounter[str] = TallyCounter()
         event_times: list[float] = []
         skipped = 0
         for mid, stored in zip(member_ids, stored_members, strict=True):
+            if mid in erased:
+                if not by_member[mid]:
+                    to_delete.append(mid)
+                    continue
+                stored = None
             if stored is None:
                 stored = StoredMember(state=new_state(mid))
             state = stored.state
@@ -379,6 +408,9 @@ class BatchProcessor:
 
         if to_write or stats_to_write:
             await self._retry(lambda: self.store.write_batch(to_write, stats_to_write))
+        if to_delete:
+            await self._retry(lambda: self.store.delete_members(to_delete))
+            metrics.erasures.inc(len(to_delete))
         written = time.time()
 
         out.folded = sum(type_counts.values())
@@ -533,7 +565,7 @@ class BatchConsumerWorker:
                     continue
                 async with self._lock:
                     records = [
-                        RawRecord(m.partition, m.offset, m.key, m.value if m.value is not None else b"")
+                        RawRecord(m.partition, m.offset, m.key, m.value)
                         for msgs in fetched.values()
                         for m in msgs
                     ]
