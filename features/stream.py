@@ -69,6 +69,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from benefits.settings import Settings
 from features import events as ev
 from features.offer_stats import apply_offer_event
+from features.redis_client import connect, open_client
 from features.redis_layout import MemberStore, StoredMember, StoredOfferStats
 from features.state import apply, new_state
 
@@ -83,6 +84,10 @@ BROKER_REBALANCE_TIMEOUT_S = 10.0
 BROKER_HEARTBEAT_INTERVAL_S = 1.0
 #: How often Faust commits acked offsets. Shorter means less redelivery after a crash (harmless anyway).
 COMMIT_INTERVAL_S = 1.0
+
+#: Socket timeout of the worker's Redis calls. Far above the API's (no request waits on the worker), so a
+#: slow Redis delays batches instead of failing them; failures are retried anyway (below).
+WORKER_REDIS_TIMEOUT_MS = 5000
 
 #: Retry policy when Redis fails mid-batch: the batch is retried, never dropped or acked.
 REDIS_RETRY_MAX_BACKOFF_S = 5.0
@@ -524,7 +529,9 @@ class BatchConsumerWorker:
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
-        redis_client = aioredis.from_url(s.redis_url, socket_timeout=5.0)
+        redis_client = await open_client(
+            s.redis_url, cluster=s.redis_cluster, timeout_ms=WORKER_REDIS_TIMEOUT_MS
+        )
         store = MemberStore(redis_client, s.layout)
         processor = BatchProcessor(store, self.metrics, s.events_topic)
         consumer = AIOKafkaConsumer(
@@ -674,7 +681,7 @@ class FaustRuntime:
             settings.events_topic, partitions=settings.events_partitions, value_type=bytes, key_type=bytes
         )
         self.dlq_topic = self.app.topic(settings.dead_letter_topic, value_type=bytes, key_type=bytes)
-        self._redis: aioredis.Redis | None = None
+        self._redis: aioredis.Redis | aioredis.RedisCluster | None = None
         self._processor: BatchProcessor | None = None
         self._catalog_version: bytes | None = None
         self.app.agent(self.events_topic, name="fold-member-events")(self._agent)
@@ -684,7 +691,11 @@ class FaustRuntime:
         if self._processor is None:
             # Created lazily so the client binds to Faust's running event loop.
             assert self.settings.redis_url is not None
-            self._redis = aioredis.from_url(self.settings.redis_url, socket_timeout=5.0)
+            self._redis = connect(
+                self.settings.redis_url,
+                cluster=self.settings.redis_cluster,
+                timeout_ms=WORKER_REDIS_TIMEOUT_MS,
+            )
             store = MemberStore(self._redis, self.settings.layout)
             self._processor = BatchProcessor(store, self.metrics, self.settings.events_topic)
         return self._processor

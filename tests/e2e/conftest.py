@@ -9,6 +9,9 @@ import pytest
 from benefits.registry import Registry
 from benefits.settings import Settings
 
+# The single-Redis / Redis-Cluster ``backend`` fixture: the end-to-end test runs on both stores.
+from tests.cluster.conftest import backend, redis_cluster  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:

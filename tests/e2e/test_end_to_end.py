@@ -1,6 +1,7 @@
 """End to end over real processes: broker → worker → Redis → API over HTTP, with a freshly trained model.
 
-The test starts its own Redis and broker (session fixtures), trains a tiny model into a temporary
+It runs twice: on a single Redis and on a three-master Redis Cluster. The test starts its own Redis
+(or cluster) and broker (session fixtures), trains a tiny model into a temporary
 registry, runs ``benefits worker`` and ``benefits serve`` as subprocesses, publishes a member's events
 and watches (1) the member's state appear in Redis equal to the offline fold and (2) ``/v1/recommend``
 change over real HTTP.
@@ -15,15 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from benefits import stack
 from benefits.demo import _publish
 from benefits.embedded import Service
 from benefits.settings import Settings
 from features import events as ev
-from features.redis_layout import MemberStore
+from features.redis_client import open_client
+from features.redis_layout import MemberStore, StoredMember
 from features.state import fold
+from tests.cluster.conftest import Backend
 from tests.core.test_fold import assert_states_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture
 def running_stack(
-    redis_server: Service,
+    backend: Backend,
     broker: Service,
     topics: dict[str, str],
     unique: str,
@@ -40,7 +42,8 @@ def running_stack(
 ) -> Iterator[tuple[Settings, str]]:
     settings = Settings(
         environment="test",
-        redis_url=redis_server.url,
+        redis_url=backend.url,
+        redis_cluster=backend.cluster,
         kafka_bootstrap=broker.url,
         events_topic=topics["events"],
         dead_letter_topic=topics["dlq"],
@@ -77,9 +80,9 @@ def _ids(body: dict[str, object]) -> list[str]:
     return [o["offer_id"] for o in body["offers"]]  # type: ignore[index, union-attr]
 
 
-async def _state(settings: Settings, member_id: str):  # type: ignore[no-untyped-def]
+async def _state(settings: Settings, member_id: str) -> StoredMember | None:
     assert settings.redis_url is not None
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = await open_client(settings.redis_url, cluster=settings.redis_cluster, timeout_ms=2000)
     try:
         return await MemberStore(client, settings.layout).get_member(member_id)
     finally:
