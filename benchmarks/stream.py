@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -73,34 +75,52 @@ def _config(redis: Service, broker: Service, tag: str, engine: str = "batch") ->
     )
 
 
-def throughput(redis: Service, broker: Service, n_events: int, engine: str, workdir: Path) -> dict[str, Any]:
-    cfg = _config(redis, broker, f"tp{engine}", engine)
+def throughput(
+    redis: Service, broker: Service, n_events: int, engine: str, workdir: Path, n_workers: int = 1
+) -> dict[str, Any]:
+    """Drain ``n_events`` pre-loaded events with ``n_workers`` worker processes in one consumer group."""
+    cfg = _config(redis, broker, f"tp{engine}{n_workers}", engine)
+    configs = [cfg] + [dataclasses.replace(cfg, metrics_port=free_port()) for _ in range(n_workers - 1)]
     asyncio.run(create_topics(broker.url, {cfg.events_topic: cfg.partitions, cfg.dead_letter_topic: 1}))
     events = h.synthetic_events(n_events, max(1000, n_events // 20), seed=3)
     asyncio.run(h.produce(broker.url, cfg.events_topic, h.keyed(events)))
-    with h.worker_process(cfg, workdir / f"worker-{engine}.log") as popen:
-        proc = psutil.Process(popen.pid)
+
+    def folded() -> float:
+        total = 0.0
+        for c in configs:
+            with contextlib.suppress(OSError):
+                total += _folded(c.metrics_port)
+        return total
+
+    with contextlib.ExitStack() as stack:
+        popens = [
+            stack.enter_context(h.worker_process(c, workdir / f"worker-{engine}-{n_workers}-{i}.log"))
+            for i, c in enumerate(configs)
+        ]
+        procs = [psutil.Process(p.pid) for p in popens]
         deadline = time.monotonic() + 120
+        if n_workers > 1:
+            # Time the group, not the join: wait until every worker holds partitions (has folded).
+            while time.monotonic() < deadline and not all(_safe_folded(c.metrics_port) > 0 for c in configs):
+                time.sleep(0.02)
         start_count = 0.0
         while time.monotonic() < deadline:
-            try:
-                start_count = _folded(cfg.metrics_port)
-            except OSError:
-                start_count = 0.0
+            start_count = folded()
             if start_count > 0:
                 break
             time.sleep(0.02)
-        t0, cpu0 = time.perf_counter(), _cpu_seconds(proc)
+        t0, cpu0 = time.perf_counter(), sum(_cpu_seconds(p) for p in procs)
         count = start_count
         while count < n_events and time.monotonic() < deadline + 600:
             time.sleep(0.05)
-            count = _folded(cfg.metrics_port)
-        t1, cpu1 = time.perf_counter(), _cpu_seconds(proc)
+            count = folded()
+        t1, cpu1 = time.perf_counter(), sum(_cpu_seconds(p) for p in procs)
     drained = count - start_count
     wall = t1 - t0
     cpu = cpu1 - cpu0
     return {
         "engine": engine,
+        "workers": n_workers,
         "events": n_events,
         "events_timed": int(drained),
         "wall_seconds": round(wall, 3),
@@ -109,6 +129,13 @@ def throughput(redis: Service, broker: Service, n_events: int, engine: str, work
         "events_per_cpu_second": round(drained / cpu, 1) if cpu > 0 else None,
         "complete": count >= n_events,
     }
+
+
+def _safe_folded(port: int) -> float:
+    try:
+        return _folded(port)
+    except OSError:
+        return 0.0
 
 
 def _quantile_from_buckets(bounds: list[float], counts: list[float], q: float) -> float:
@@ -225,6 +252,12 @@ def main() -> None:
     parser.add_argument("--within-ms", type=int, default=20, help="BENEFITS_WORKER_BATCH_WITHIN_MS")
     parser.add_argument("--skip-throughput", action="store_true", help="only the freshness run")
     parser.add_argument(
+        "--two-workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also drain the same load with two workers in one group",
+    )
+    parser.add_argument(
         "--cj-households", type=int, default=2469, help="Complete Journey households to replay (0: skip)"
     )
     args = parser.parse_args()
@@ -237,6 +270,10 @@ def main() -> None:
     redis, broker = start_redis(), start_broker()
     try:
         runs = [] if args.skip_throughput else [throughput(redis, broker, args.events, "batch", workdir)]
+        if args.two_workers and not args.skip_throughput:
+            # Two processes in one group over the 4-partition topic. On this 2-core box they share the
+            # cores with the broker and Redis, so this shows group scaling, not per-core capacity.
+            runs.append(throughput(redis, broker, args.events, "batch", workdir, n_workers=2))
         if args.faust_events and not args.skip_throughput:
             runs.append(throughput(redis, broker, args.faust_events, "faust", workdir))
         fresh = freshness(redis, broker, args.rate, args.seconds, workdir)
@@ -255,6 +292,7 @@ def main() -> None:
         "throughput": runs,
         "freshness": fresh,
         "events_per_second_per_worker": batch["events_per_second"],
+        "two_workers_vs_one": _ratio(runs),
         "freshness_p50_ms": fresh["freshness_p50_ms"],
         "freshness_p99_ms": fresh["freshness_p99_ms"],
         "worker_batching": dict(BATCH),
@@ -266,6 +304,14 @@ def main() -> None:
         "worker_logs": str(workdir),
     }
     write_result("stream", summary)
+
+
+def _ratio(runs: list[dict[str, Any]]) -> float | None:
+    one = next((r for r in runs if r["engine"] == "batch" and r.get("workers") == 1), None)
+    two = next((r for r in runs if r["engine"] == "batch" and r.get("workers") == 2), None)
+    if not one or not two or not one["events_per_second"] or not two["events_per_second"]:
+        return None
+    return round(two["events_per_second"] / one["events_per_second"], 2)
 
 
 if __name__ == "__main__":
