@@ -69,3 +69,45 @@ def test_two_workers_share_partitions(worker_cfg: h.WorkerConfig, tmp_path: Path
         f"{len(bad)} members differ, e.g. {bad[0]}: {state_diff(stored[bad[0]].state, reference[bad[0]])}"
     )
     assert asyncio.run(h.read_offer_stats(a.redis_url, a.prefix)) == h.offline_offer_stats(events)
+
+
+def test_a_worker_leaving_hands_its_partitions_over(worker_cfg: h.WorkerConfig, tmp_path: Path) -> None:
+    """Scale-in: one of two workers is stopped (SIGTERM, as a rolling deploy does) mid-stream; the other
+    takes its partitions over and the final state is still exactly the offline fold."""
+    a = worker_cfg
+    b = dataclasses.replace(worker_cfg, metrics_port=free_port())
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    events = h.synthetic_events(30_000, 1000, seed=43)
+    mids = sorted({e.member_id for e in events})
+    producer = threading.Thread(
+        target=lambda: asyncio.run(h.produce(a.bootstrap, a.events_topic, h.keyed(events), rate_per_s=4000)),
+        daemon=True,
+    )
+    with h.worker_process(a, a_log):
+        with h.worker_process(b, b_log):
+            producer.start()
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and not (
+                _safe(a.metrics_port) > 0 and _safe(b.metrics_port) > 0
+            ):
+                time.sleep(0.1)
+            assert _safe(b.metrics_port) > 0, b_log.read_text()[-2000:]
+        # b has left the group (graceful stop) while events are still arriving.
+        producer.join(timeout=60)
+        seen = asyncio.run(h.wait_folded(a.redis_url, a.prefix, mids, len(events), 60))
+
+    assert seen == len(events)
+    reference = h.offline_fold(events)
+    stored = asyncio.run(h.read_members(a.redis_url, a.prefix, mids))
+    bad = [m for m in mids if stored[m].state != reference[m]]
+    assert not bad, (
+        f"{len(bad)} members differ, e.g. {bad[0]}: {state_diff(stored[bad[0]].state, reference[bad[0]])}"
+    )
+    assert asyncio.run(h.read_offer_stats(a.redis_url, a.prefix)) == h.offline_offer_stats(events)
+
+
+def _safe(port: int) -> float:
+    try:
+        return _folded_by(port)
+    except OSError:
+        return 0.0
