@@ -144,6 +144,9 @@ def loadtest(
         typer.Option(help="Budget: share of degraded (fallback) answers; reported only if unset."),
     ] = None,
     budget_on: Annotated[str, typer.Option(help="Judge the client's or the server's p99.")] = "client",
+    client_guard_ms: Annotated[
+        float, typer.Option(help="With --budget-on server: client p99 above this = saturated.")
+    ] = 50.0,
     capacity: Annotated[bool, typer.Option(help="Step the rate to find the max rps within budget.")] = False,
     capacity_offers: Annotated[str, typer.Option(help="Catalog sizes for --capacity.")] = "50,200,500",
     capacity_workers: Annotated[str, typer.Option(help="API process counts for --capacity.")] = "1,2",
@@ -179,6 +182,7 @@ def loadtest(
         max_error_rate=max_error_rate,
         max_degraded_rate=max_degraded_rate,
         budget_on=budget_on,  # type: ignore[arg-type]
+        client_guard_ms=client_guard_ms,
         capacity=capacity,
         capacity_offers=[int(x) for x in capacity_offers.split(",")],
         capacity_workers=[int(x) for x in capacity_workers.split(",")],

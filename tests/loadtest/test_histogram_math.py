@@ -168,6 +168,10 @@ def test_server_view_counts_degraded_answers() -> None:
 
 
 def test_budget_on_server_view() -> None:
-    s = _summary(50.0, 0.0, 1.0)
+    s = _summary(40.0, 0.0, 1.0)
     s["budget"] = judge(s, Options(p99_ms=10.0, budget_on="server"))
     assert exit_code(s) == 0
+    # A saturated server: its own p99 is fine, its callers wait (queueing it cannot see).
+    s = _summary(400.0, 0.0, 1.0)
+    s["budget"] = judge(s, Options(p99_ms=10.0, budget_on="server", client_guard_ms=50.0))
+    assert exit_code(s) == 1
