@@ -10,10 +10,9 @@ Mapping, one ``order`` event per basket:
   changes no feature that depends on differences of times;
 - ``amount`` = sum of ``sales_value``; ``items`` = number of line items (``quantity`` is not a count for
   fuel and weighed goods: up to 89,638 on one line), capped at the schema's 10,000;
-- ``categories``: each product's department mapped onto our :data:`features.offers.CATEGORIES`
-  (:data:`DEPARTMENTS`), refined by product category keywords for baby, pets, books, toys and
-  electronics (:data:`KEYWORDS`), which the retailer files under grocery or drug/GM; unknown products
-  and departments are ``other``;
+- ``categories``: each product's department mapped onto our :data:`features.offers.CATEGORIES`, refined
+  by product-category keywords for baby, pets and books (``features/cj_categories.py``, shared with
+  training); unknown products and departments are ``other``;
 - coupon use: a basket with any ``coupon_disc`` > 0 carries ``coupon_id="cj-coupon"`` (the dataset does
   not say which coupon per basket) and ``discount`` = sum of ``coupon_disc`` + ``coupon_match_disc``.
 
@@ -36,63 +35,12 @@ import pandas as pd
 
 from features import events as ev
 from features import stream_harness as h
-from features.offers import CATEGORIES
+from features.cj_categories import product_categories
 
 log = logging.getLogger(__name__)
 
-#: Complete Journey department -> our category. Departments not listed map to ``other``.
-DEPARTMENTS: dict[str, str] = {
-    "GROCERY": "grocery",
-    "PRODUCE": "grocery",
-    "MEAT": "grocery",
-    "MEAT-PCKGD": "grocery",
-    "DELI": "grocery",
-    "PASTRY": "grocery",
-    "SEAFOOD": "grocery",
-    "SEAFOOD-PCKGD": "grocery",
-    "FROZEN GROCERY": "grocery",
-    "SALAD BAR": "grocery",
-    "CHEF SHOPPE": "grocery",
-    "SPIRITS": "grocery",
-    "RESTAURANT": "grocery",
-    "DRUG GM": "health",
-    "NUTRITION": "health",
-    "COSMETICS": "beauty",
-    "FLORAL": "home",
-    "HOUSEWARES": "home",
-    "ELECT &PLUMBING": "home",
-    "GARDEN CENTER": "outdoor",
-    "TRAVEL & LEISURE": "outdoor",
-    "TOYS": "toys",
-    "PHOTO & VIDEO": "electronics",
-}
-#: Product-category keywords that override the department (checked in order; first match wins).
-KEYWORDS: tuple[tuple[str, str], ...] = (
-    ("BABY", "baby"),
-    ("INFANT", "baby"),
-    ("DIAPER", "baby"),
-    ("CAT FOOD", "pets"),
-    ("CAT LITTER", "pets"),
-    ("DOG FOOD", "pets"),
-    ("PET ", "pets"),
-    ("MAGAZINE", "books"),
-    ("BOOK", "books"),
-    ("TOY", "toys"),
-    ("ELECTRONIC", "electronics"),
-    ("BATTER", "electronics"),
-)
 COUPON_ID = "cj-coupon"
 MAX_ITEMS = 10_000
-
-
-def product_categories(products: pd.DataFrame) -> pd.Series:
-    """product_id -> our category name."""
-    cat = products["department"].map(DEPARTMENTS).fillna("other")
-    pc = products["product_category"].fillna("").astype(str).str.upper()
-    for word, target in reversed(KEYWORDS):  # reversed: the first keyword in KEYWORDS wins
-        cat = cat.mask(pc.str.contains(word, regex=False), target)
-    assert set(cat.unique()) <= set(CATEGORIES)
-    return pd.Series(cat.to_numpy(), index=products["product_id"].to_numpy())
 
 
 def load_orders(

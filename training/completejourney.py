@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from features import events as ev
+from features.cj_categories import product_categories
 from features.offers import CATEGORIES, Offer
 from features.projection import FEATURE_NAMES, Context, OfferTable, rows
 from features.state import apply, new_state
@@ -50,40 +51,6 @@ EXTRA_FEATURES: tuple[str, ...] = (
 )
 CJ_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES
 _SUBTYPE = {"Type A": "category", "Type B": "threshold", "Type C": "no_threshold"}
-_DEPARTMENT = {
-    "GROCERY": "grocery",
-    "PRODUCE": "grocery",
-    "MEAT": "grocery",
-    "MEAT-PCKGD": "grocery",
-    "DELI": "grocery",
-    "PASTRY": "grocery",
-    "SEAFOOD": "grocery",
-    "SEAFOOD-PCKGD": "grocery",
-    "FROZEN GROCERY": "grocery",
-    "SALAD BAR": "grocery",
-    "CHEF SHOPPE": "grocery",
-    "SPIRITS": "grocery",
-    "DRUG GM": "health",
-    "NUTRITION": "health",
-    "COSMETICS": "beauty",
-    "FLORAL": "home",
-    "GARDEN CENTER": "outdoor",
-    "HOUSEWARES": "home",
-    "ELECT &PLUMBING": "home",
-    "TOYS": "toys",
-    "TRAVEL & LEISURE": "sports",
-    "PHOTO & VIDEO": "electronics",
-}
-
-
-def _product_categories(products: pd.DataFrame) -> pd.Series:
-    """product_id -> feature category (baby and pet products by their product category first)."""
-    cat = products["department"].map(_DEPARTMENT).fillna("other")
-    pc = products["product_category"].fillna("")
-    cat = cat.where(~pc.str.contains("BABY|DIAPER|INFANT", regex=True), "baby")
-    cat = cat.where(~pc.str.contains("CAT |DOG |PET ", regex=True), "pets")
-    cat = cat.where(~pc.str.contains("MAGAZINE|BOOK", regex=True), "books")
-    return pd.Series(cat.to_numpy(), index=products["product_id"].to_numpy())
 
 
 def load(progress: bool = False) -> dict[str, pd.DataFrame]:
@@ -117,7 +84,7 @@ def build(data: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
     frame["event_ts"] = _ts(desc.loc[frame["campaign_id"], "start_date"].reset_index(drop=True))
     frame["campaign_type"] = desc.loc[frame["campaign_id"], "campaign_type"].to_numpy()
 
-    prod_cat = _product_categories(data["products"])
+    prod_cat = product_categories(data["products"])
     households = set(frame["household_id"].tolist())
     tx = tx[tx["household_id"].isin(households)].copy()
     tx["ts"] = _ts(tx["transaction_timestamp"])
