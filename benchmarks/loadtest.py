@@ -328,6 +328,7 @@ class Options:
     spike_factor: float = 10.0
     spike_ramp_s: float = 2.0
     user_rps: float = 10.0
+    arrivals: Literal["poisson", "uniform"] = "poisson"
     offers: int = 200
     members: int = 10_000
     unknown_share: float = 0.1
@@ -689,7 +690,7 @@ def run_locust(
         "--host", targets[0], "--targets", ",".join(targets), "--api-key", api_key,
         "--shape", opts.shape, "--rps", str(opts.rps), "--duration-s", str(opts.duration_s),
         "--spike-factor", str(opts.spike_factor), "--spike-ramp-s", str(opts.spike_ramp_s),
-        "--user-rps", str(opts.user_rps), "--members", str(opts.members),
+        "--user-rps", str(opts.user_rps), "--arrivals", opts.arrivals, "--members", str(opts.members),
         "--unknown-share", str(opts.unknown_share), "--feedback-share", str(opts.feedback_share),
         "--seed", str(opts.seed), "--timeline-out", str(timeline_path),
         "--csv", str(csv_prefix), "--html", str(html), "--exit-code-on-error", "0", "--loglevel", "WARNING",
@@ -810,7 +811,31 @@ def _stack_info(stack: Stack | None, opts: Options) -> dict[str, Any]:
         "members_in_redis": opts.members,
         "infrastructure": "embedded Redis + tansu broker on loopback",
         "api_processes": "benefits serve (uvicorn, 1 worker process each), Locust round-robin per user",
+        "api_settings": {
+            k: getattr(stack.settings, k)
+            for k in ("max_in_flight", "deadline_ms", "redis_timeout_ms", "log_level", "default_limit")
+        },
+        "code": _code_version(),
     }
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit the API ran, and whether its packages had uncommitted changes (shared work tree)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "features", "benefits"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None}
+    return {"commit": head, "uncommitted": sorted(line[3:] for line in dirty if line.strip())}
 
 
 def run_command(base_settings: Any, opts: Options) -> int:

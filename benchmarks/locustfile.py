@@ -15,9 +15,11 @@ What a simulated storefront does (one task = one page view):
   for ``--click-share`` of those, a ``click``.
 
 Rate: ``--rps`` is page views per second (recommend calls), feedback calls come on top. Pacing is
-constant throughput: each user waits so that users x per-user rate equals the shape's current rate; a user
-whose request is slower than its interval does not catch up (closed loop), so under overload the achieved
-rate falls below the offered one, and the summary reports both.
+constant throughput: each user waits so that users x per-user rate equals the shape's current rate, with
+exponential gaps by default (``--arrivals poisson``: the sum is a Poisson stream at the rate) or constant
+gaps from a random phase (``uniform``); a user whose request is slower than its gap does not catch up
+(closed loop), so under overload the achieved rate falls below the offered one, and the summary reports
+both.
 
 Shapes (one ``LoadTestShape`` subclass each; ``--shape`` picks one, ``SelectedShape`` delegates to it,
 because Locust itself runs only the first concrete shape class of a file):
@@ -72,6 +74,12 @@ def _arguments(parser: Any) -> None:
     g.add_argument("--spike-factor", type=float, default=10.0, help="flash: peak = rps x this")
     g.add_argument("--spike-ramp-s", type=float, default=2.0, help="flash: seconds to reach the peak")
     g.add_argument("--user-rps", type=float, default=10.0, help="Page views per second per Locust user")
+    g.add_argument(
+        "--arrivals",
+        default="poisson",
+        choices=["poisson", "uniform"],
+        help="Gaps between a user's views: exponential (Poisson arrivals) or constant with a random phase",
+    )
     g.add_argument("--members", type=int, default=10_000, help="Known members lt-0 .. lt-N-1")
     g.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of member popularity")
     g.add_argument("--unknown-share", type=float, default=0.1, help="Share of views by unknown members")
@@ -348,14 +356,19 @@ class Storefront(FastHttpUser):
         self.rnd = random.Random(opts.seed * 1_000_003 + next(_USER_SEQ))
         self.population = _population(opts)
         self.headers = {"X-API-Key": opts.api_key, "Content-Type": "application/json"}
-        self._next_start = time.perf_counter()
+        # A random phase: users spawned at a fixed spawn interval would otherwise fire in lockstep.
+        self._next_start = time.perf_counter() + self.rnd.uniform(0.0, 1.0 / max(opts.user_rps, 0.01))
 
     def wait_time(self) -> float:
-        # Constant throughput at the shape's current rate shared by the running users.
+        # Constant throughput at the shape's current rate shared by the running users. Hazard: with
+        # constant gaps and users spawned on a regular schedule, all users fire in the same instant (the
+        # spawn interval is often a multiple of the gap), which measures burst queueing, not the rate;
+        # Poisson arrivals (the default) are what many independent shoppers add up to.
         users = max(1, self.environment.runner.user_count if self.environment.runner else 1)
         per_user = max(CLOCK.rate_now() / users, 0.01)
+        gap = self.rnd.expovariate(per_user) if self.opts.arrivals == "poisson" else 1.0 / per_user
         now = time.perf_counter()
-        self._next_start = max(now, self._next_start + 1.0 / per_user)
+        self._next_start = max(now, self._next_start + gap)
         return self._next_start - now
 
     def _context(self) -> dict[str, Any]:

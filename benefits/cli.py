@@ -133,6 +133,9 @@ def loadtest(
     duration: Annotated[float, typer.Option(help="Seconds of load.")] = 60.0,
     spike_factor: Annotated[float, typer.Option(help="flash: peak = rps x this.")] = 10.0,
     user_rps: Annotated[float, typer.Option(help="Page views per second per Locust user.")] = 10.0,
+    arrivals: Annotated[
+        str, typer.Option(help="poisson (exponential gaps) | uniform (constant gaps).")
+    ] = "poisson",
     offers: Annotated[int, typer.Option(help="Catalog size of the started stack.")] = 200,
     members: Annotated[int, typer.Option(help="Known members (Zipf-skewed) in the started stack.")] = 10_000,
     workers: Annotated[int, typer.Option(help="API processes of the started stack.")] = 1,
@@ -163,8 +166,15 @@ def loadtest(
     from benchmarks.loadtest import RESULTS_DIR, Options, run_command
 
     settings = _settings()
-    if shape not in ("steady", "ramp", "flash", "soak") or budget_on not in ("client", "server"):
-        typer.echo("error: --shape is steady|ramp|flash|soak and --budget-on is client|server", err=True)
+    if (
+        shape not in ("steady", "ramp", "flash", "soak")
+        or budget_on not in ("client", "server")
+        or arrivals not in ("poisson", "uniform")
+    ):
+        typer.echo(
+            "error: --shape is steady|ramp|flash|soak, --budget-on client|server, --arrivals poisson|uniform",
+            err=True,
+        )
         raise typer.Exit(2)
     opts = Options(
         targets=[t.strip().rstrip("/") for t in (target or "").split(",") if t.strip()],
@@ -174,6 +184,7 @@ def loadtest(
         duration_s=duration,
         spike_factor=spike_factor,
         user_rps=user_rps,
+        arrivals=arrivals,  # type: ignore[arg-type]
         offers=offers,
         members=members,
         workers=workers,
