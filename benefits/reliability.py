@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import secrets
+import signal
 import shutil
 import tempfile
 import threading
@@ -379,6 +380,12 @@ class Load:
                 # uvicorn closes keep-alive connections idle for 5 s; a pooled one may be gone already.
                 # Retry that case once on a new connection (the server never saw the request).
                 if reused and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+                    # Its idle peers are likely as old: drop them all so the retry opens a new one.
+                    async with self._free:
+                        stale, self._idle = self._idle, []
+                        self._opened -= len(stale)
+                    for c in stale:
+                        c.close()
                     continue
                 return 0, type(exc).__name__.encode()
             await self._put(conn)
@@ -808,4 +815,285 @@ def broker_kill(
         "nothing accepted: every 202 was read back (topic and worker) before the kill; outage requests "
         "got 503. The memory-only broker itself forgets its topic when killed (production Kafka does not)."
     )
+    return out
+
+
+def worker_kill(
+    n_events: int = 40_000, rate: float = 4000.0, kills: int = 2, rec_rate: float = 200.0
+) -> Outcome:
+    """SIGKILL the worker mid-stream ``kills`` times (the stream tests' harness), a clean worker drains
+    the rest; the stored state must equal one offline pass. Recommend load runs against the same Redis."""
+    from features import stream_harness as h
+
+    out = Outcome(
+        "Worker SIGKILL",
+        f"{n_events} events produced at {rate:.0f}/s; worker SIGKILLed {kills}x mid-stream and restarted; "
+        f"recommend open-loop at {rec_rate:.0f}/s on the members being folded",
+    )
+    events = h.synthetic_events(n_events, 1000, seed=41)
+    mids = sorted({e.member_id for e in events})
+    with private_stack(members=0) as s:
+        st_ = s.settings
+        assert st_.redis_url is not None and st_.kafka_bootstrap is not None
+        cfg = h.WorkerConfig(
+            redis_url=st_.redis_url,
+            bootstrap=st_.kafka_bootstrap,
+            events_topic=st_.events_topic,
+            dead_letter_topic=st_.dead_letter_topic,
+            prefix=st_.redis_prefix,
+            group=st_.consumer_group,
+            partitions=st_.events_partitions,
+            metrics_port=free_port(),
+            batch_max=500,
+        )
+        log_path = s.workdir / "logs" / "stream-worker.log"
+        seconds = n_events / rate + 4 * kills + 20
+
+        async def rec_load() -> list[Result]:
+            load = Load(s.base, s.storefront_key)
+            try:
+                return await load.open_loop(recommend_maker(mids), rec_rate, seconds)
+            finally:
+                await load.close()
+
+        bg = Background(rec_load)
+        producer = Background(
+            lambda: h.produce(cfg.bootstrap, cfg.events_topic, h.keyed(events), rate_per_s=rate)
+        )
+        rng = random.Random(7)
+        progress_at_kill: list[int] = []
+        skipped: list[float] = []
+        for _ in range(kills):
+            proc = h.start_worker(cfg, log_path)
+            floor = _folded(st_, mids)
+            deadline = time.monotonic() + 60
+            while _folded(st_, mids) <= floor and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.05, 0.6))
+            with contextlib.suppress(Exception):
+                skipped.append(
+                    h.scrape_metrics(cfg.metrics_port)[("benefits_stream_duplicates_skipped_total", ())]
+                )
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            progress_at_kill.append(_folded(st_, mids))
+        producer.join(120)
+        t0 = time.monotonic()
+        with h.worker_process(cfg, log_path):
+            seen = _wait_folded(st_, mids, len(events), 90)
+            time.sleep(1.0)  # a double count would show up as more than expected
+            seen = _folded(st_, mids)
+            drain_s = time.monotonic() - t0
+            with contextlib.suppress(Exception):
+                skipped.append(
+                    h.scrape_metrics(cfg.metrics_port)[("benefits_stream_duplicates_skipped_total", ())]
+                )
+        reference = h.offline_fold(events)
+        stored = _run(h.read_members(st_.redis_url, st_.redis_prefix, mids))
+        differ = [m for m in mids if m not in stored or stored[m].state != reference[m]]
+        stats_equal = _run(h.read_offer_stats(st_.redis_url, st_.redis_prefix)) == h.offline_offer_stats(
+            events
+        )
+        rec: list[Result] = bg.join()
+
+    out.numbers = {
+        "events": len(events),
+        "members": len(mids),
+        "kills": kills,
+        "folded_at_each_kill": progress_at_kill,
+        "folded_at_end": seen,
+        "redelivered_and_skipped": sum(skipped),
+        "members_differing_from_offline_fold": len(differ),
+        "offer_stats_equal": stats_equal,
+        "final_drain_s": round(drain_s, 1),
+        "recommend": summarise(rec),
+        "load": load_avg(),
+    }
+    out.check("every event folded exactly once (count)", seen == len(events))
+    out.check("state equals one offline pass (every member, field for field)", not differ)
+    out.check("offer statistics equal the offline pass", stats_equal)
+    out.check(
+        "recommend: zero 5xx while the worker died",
+        server_errors(rec) == 0 and all(r.status == 200 for r in rec),
+    )
+    out.notes.append(
+        "tests/stream/test_recovery.py covers four kill points in depth; this run reuses its harness "
+        "(features.stream_harness) under recommend load."
+    )
+    return out
+
+
+def bad_models(rate: float = 200.0, seconds: float = 10.0) -> Outcome:
+    """Promote bad models through the admin API and through the registry pointer (``benefits promote``)
+    against a running API under load; then a good one."""
+    out = Outcome(
+        "Bad model promoted",
+        f"recommend open-loop at {rate:.0f}/s; corrupt, truncated and schema-mismatched versions promoted "
+        "via POST /v1/admin/models/{v}/promote and via the registry pointer; then good v2",
+    )
+    with private_stack() as s:
+        reg = Registry(s.settings.registry_dir)
+
+        async def go() -> list[Result]:
+            load = Load(s.base, s.storefront_key)
+            try:
+                return await load.open_loop(recommend_maker(s.members), rate, seconds)
+            finally:
+                await load.close()
+
+        bg = Background(go)
+        time.sleep(1.0)
+        api_refusals: dict[str, Any] = {}
+        with httpx.Client(base_url=s.base, headers=s.admin, timeout=10) as c:
+            for v in ("bad-corrupt", "bad-truncated", "bad-schema"):
+                r = c.post(f"/v1/admin/models/{v}/promote")
+                api_refusals[v] = {"status": r.status_code, "message": r.json().get("message", "")[:160]}
+            serving_after_api = c.get("/v1/admin/models").json()["serving"]
+            pointer_refusals: dict[str, Any] = {}
+            for v in ("bad-corrupt", "bad-truncated", "bad-schema"):
+                reg.promote(v)  # what `benefits promote VERSION` does; the API's poller must refuse it
+                time.sleep(1.2)
+                status = c.get("/v1/admin/models").json()
+                refused = {x["version"]: x for x in status["refused"]}
+                pointer_refusals[v] = {
+                    "serving": status["serving"],
+                    "reason": refused.get(v, {}).get("reason"),
+                }
+            reg.promote("v1")
+            time.sleep(0.5)
+            good = c.post("/v1/admin/models/v2/promote")
+            serving_end = c.get("/v1/admin/models").json()["serving"]
+        rec: list[Result] = bg.join()
+        logtext = s.api_log()
+
+    expected = {"bad-corrupt": "corrupt", "bad-truncated": "corrupt", "bad-schema": "schema_mismatch"}
+    out.numbers = {
+        "admin_api": api_refusals,
+        "registry_pointer": pointer_refusals,
+        "good_promote_status": good.status_code,
+        "serving_at_end": serving_end,
+        "recommend": summarise(rec),
+        "load": load_avg(),
+    }
+    out.check(
+        "admin API: each bad version refused (422) with its reason, v1 still serving",
+        all(
+            api_refusals[v]["status"] == 422 and f"({reason})" in api_refusals[v]["message"]
+            for v, reason in expected.items()
+        )
+        and serving_after_api == "v1",
+    )
+    out.check(
+        "registry pointer: each bad version refused by the poller with its reason, v1 still serving",
+        all(pointer_refusals[v] == {"serving": "v1", "reason": reason} for v, reason in expected.items()),
+    )
+    out.check("refusals logged with the reason", all(f"model {v} refused" in logtext for v in expected))
+    out.check("good v2 swapped in", good.status_code == 200 and serving_end == "v2")
+    out.check(
+        "recommend: zero 5xx, never degraded (no_model)",
+        all(r.status == 200 and r.info == "personalised" for r in rec),
+    )
+    return out
+
+
+def server_total_hist(base: str) -> dict[float, float]:
+    """Cumulative buckets (le -> count) of the API's own ``stage="total"`` recommend histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    out: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "benefits_recommend_stage_seconds_bucket" and smp.labels.get("stage") == "total":
+                out[float(smp.labels["le"])] = smp.value
+    return out
+
+
+def hist_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Upper bound (ms) of the bucket holding quantile ``q`` of what was observed between two scrapes."""
+    les = sorted(after)
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    if not counts or counts[-1] <= 0:
+        return None
+    target = q * counts[-1]
+    for le, c in zip(les, counts, strict=True):
+        if c >= target:
+            return round(le * 1e3, 2)
+    return None
+
+
+def overload(
+    capacity_s: float = 6.0, overload_s: float = 10.0, factor: float = 3.0, **overrides: Any
+) -> Outcome:
+    """Closed-loop capacity first, then ``factor`` x capacity open-loop: accepted p99 and share shed."""
+    with private_stack(**overrides) as s:
+        make = recommend_maker(s.members)
+
+        async def closed() -> list[Result]:
+            load = Load(s.base, s.storefront_key, max_conns=64)
+            try:
+                await load.closed_loop(make, 16, 1.0)  # warm-up
+                return await load.closed_loop(make, min(32, s.settings.max_in_flight), capacity_s)
+            finally:
+                await load.close()
+
+        cap_results: list[Result] = _run(closed())
+        cap_ok = [r for r in cap_results if r.status == 200]
+        capacity = len(cap_ok) / capacity_s
+        rate = capacity * factor
+        late: list[float] = []
+
+        async def open_() -> list[Result]:
+            load = Load(s.base, s.storefront_key, max_conns=2048)
+            try:
+                t0 = time.perf_counter()
+                return await load.open_loop(
+                    make, rate, overload_s, on_tick=lambda at: late.append(time.perf_counter() - t0 - at)
+                )
+            finally:
+                await load.close()
+
+        h0 = server_total_hist(s.base)
+        res: list[Result] = _run(open_())
+        h1 = server_total_hist(s.base)
+        alive = s.api is not None and s.api.alive()
+        after_ok = httpx.post(
+            f"{s.base}/v1/recommend", json={"member_id": s.members[0]}, headers=s.sf, timeout=5
+        ).status_code
+        max_in_flight = s.settings.max_in_flight
+
+    ok = [r for r in res if r.status == 200]
+    shed = [r for r in res if r.status == 503]
+    out = Outcome(
+        "Overload (3x capacity)",
+        f"closed-loop capacity ({min(32, max_in_flight)} connections, {capacity_s:.0f}s), then {factor:.0f}x that rate open-loop "
+        f"for {overload_s:.0f}s; max_in_flight={max_in_flight}",
+    )
+    summ = summarise(res)
+    out.numbers = {
+        "capacity_rps": round(capacity, 0),
+        "capacity_p99_ms": pct([r.ms for r in cap_ok], 0.99),
+        "offered_rps": round(rate, 0),
+        "offered": len(res),
+        "accepted_200": len(ok),
+        "accepted_rps": round(len(ok) / overload_s, 0),
+        "shed_503": len(shed),
+        "shed_share": round(len(shed) / max(1, len(res)), 3),
+        "no_answer": summ["no_answer"],
+        "other_status": {k: v for k, v in summ["status"].items() if k not in ("200", "503")},
+        "accepted_p50_ms": pct([r.ms for r in ok], 0.5),
+        "accepted_p99_ms": pct([r.ms for r in ok], 0.99),
+        "shed_p50_ms": pct([r.ms for r in shed], 0.5),
+        "shed_p99_ms": pct([r.ms for r in shed], 0.99),
+        "server_total_p99_ms_bucket": hist_quantile(0.99, h0, h1),
+        "degraded_accepted": sum(1 for r in ok if r.info and r.info.startswith("state_")),
+        "generator_late_p99_ms": pct([x * 1e3 for x in late], 0.99),
+        "load": load_avg(),
+    }
+    out.check("API alive and answering after the overload", alive and after_ok == 200)
+    out.check("no 5xx other than fast 503 shedding", server_errors(res) == 0)
+    out.check("every request answered (no timeouts or resets)", all(r.status for r in res))
+    out.check("load was shed (503) rather than queued", len(shed) > 0)
+    acc_p99 = out.numbers["accepted_p99_ms"] or 1e9
+    out.check("accepted p99 under 250 ms (10x the deadline)", acc_p99 < 250)
     return out

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from benefits.registry import Registry
 from benefits.settings import Settings
@@ -99,7 +100,11 @@ def create_app(settings: Settings) -> FastAPI:
         catalog = CatalogHolder(catalog_store, store)
         registry = Registry(settings.registry_dir)
         models = ModelHolder(registry)
-        publisher = Publisher(settings.kafka_bootstrap, settings.events_topic)
+        # Feedback waiting on a slow or dead broker may hold at most a quarter of the in-flight slots,
+        # so a broker outage cannot get recommend requests shed (service.publisher).
+        publisher = Publisher(
+            settings.kafka_bootstrap, settings.events_topic, max_pending=max(1, settings.max_in_flight // 4)
+        )
         policy = Policy(
             max_per_category=settings.slate_max_per_category,
             min_kinds=settings.slate_min_kinds,
@@ -175,6 +180,19 @@ def create_app(settings: Settings) -> FastAPI:
             orjson.dumps({"error": exc.code, "message": exc.message}),
             status_code=exc.status,
             media_type="application/json",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Framework-raised errors in the service's one error shape. A body that is not even text
+        # (undecodable bytes) is a 400 in FastAPI; it is an invalid request like any other: 422.
+        status = 422 if exc.status_code == 400 else exc.status_code
+        code = {404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
+        return Response(
+            orjson.dumps({"error": code, "message": str(exc.detail)}),
+            status_code=status,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(RequestValidationError)
