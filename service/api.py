@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
 from benefits.registry import RegistryError
@@ -180,7 +181,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops.get("/readyz")
+@ops.get("/readyz", responses={503: {"description": "Not ready: the body says which check failed"}})
 async def readyz(res: ResourcesDep) -> Response:
     """Ready for traffic: Redis reachable, a model loaded, a catalog loaded."""
     try:
@@ -199,6 +200,6 @@ async def readyz(res: ResourcesDep) -> Response:
     return _json({"ready": ready, **checks}, 200 if ready else 503)
 
 
-@ops.get("/metrics")
+@ops.get("/metrics", response_class=PlainTextResponse)
 async def metrics(res: ResourcesDep) -> Response:
     return Response(res.metrics.render(), media_type=CONTENT_TYPE)
