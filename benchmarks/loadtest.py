@@ -328,7 +328,7 @@ class Options:
     spike_factor: float = 10.0
     spike_ramp_s: float = 2.0
     user_rps: float = 10.0
-    arrivals: Literal["poisson", "uniform"] = "poisson"
+    arrivals: Literal["jittered", "poisson", "uniform"] = "jittered"
     offers: int = 200
     members: int = 10_000
     unknown_share: float = 0.1

@@ -16,8 +16,8 @@ What a simulated storefront does (one task = one page view):
 
 Rate: ``--rps`` is page views per second (recommend calls), feedback calls come on top. Pacing is
 constant throughput: each user waits so that users x per-user rate equals the shape's current rate, with
-exponential gaps by default (``--arrivals poisson``: the sum is a Poisson stream at the rate) or constant
-gaps from a random phase (``uniform``); a user whose request is slower than its gap does not catch up
+gaps of mean x U(0.5, 1.5) by default (``--arrivals jittered``), exponential gaps (``poisson``) or
+constant gaps from a random phase (``uniform``); a user whose request is slower than its gap does not catch up
 (closed loop), so under overload the achieved rate falls below the offered one, and the summary reports
 both.
 
@@ -76,9 +76,9 @@ def _arguments(parser: Any) -> None:
     g.add_argument("--user-rps", type=float, default=10.0, help="Page views per second per Locust user")
     g.add_argument(
         "--arrivals",
-        default="poisson",
-        choices=["poisson", "uniform"],
-        help="Gaps between a user's views: exponential (Poisson arrivals) or constant with a random phase",
+        default="jittered",
+        choices=["jittered", "poisson", "uniform"],
+        help="Gaps between a user's views: mean x U(0.5, 1.5), exponential, or constant (random phase)",
     )
     g.add_argument("--members", type=int, default=10_000, help="Known members lt-0 .. lt-N-1")
     g.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of member popularity")
@@ -147,8 +147,10 @@ class StorefrontShape(LoadTestShape):
             return None
         CLOCK.rate = rate
         users = max(1, math.ceil(rate / opts.user_rps))
-        # Spawn fast enough that the slowest change of the shape (flash: x10 within spike_ramp_s) is met.
-        return users, max(users, 1) / max(0.5, float(opts.spike_ramp_s))
+        # Spawn quickly (a quarter of a second for the whole population): the users' pacing follows the
+        # shape's instantaneous rate, so early users are not over-driven, and a flash-sale spike reaches
+        # its peak within spike_ramp_s because the rate says so, not because of the spawn rate.
+        return users, max(20.0, 4.0 * users)
 
 
 class SteadyShape(StorefrontShape):
@@ -362,11 +364,17 @@ class Storefront(FastHttpUser):
     def wait_time(self) -> float:
         # Constant throughput at the shape's current rate shared by the running users. Hazard: with
         # constant gaps and users spawned on a regular schedule, all users fire in the same instant (the
-        # spawn interval is often a multiple of the gap), which measures burst queueing, not the rate;
-        # Poisson arrivals (the default) are what many independent shoppers add up to.
+        # spawn interval is often a multiple of the gap), which measures burst queueing, not the rate.
+        # Jittered gaps (the default) keep users out of step and each user's count close to its mean;
+        # exponential gaps give a Poisson stream but a count that varies by sqrt(n) on short runs.
         users = max(1, self.environment.runner.user_count if self.environment.runner else 1)
         per_user = max(CLOCK.rate_now() / users, 0.01)
-        gap = self.rnd.expovariate(per_user) if self.opts.arrivals == "poisson" else 1.0 / per_user
+        if self.opts.arrivals == "poisson":
+            gap = self.rnd.expovariate(per_user)
+        elif self.opts.arrivals == "jittered":
+            gap = self.rnd.uniform(0.5, 1.5) / per_user
+        else:
+            gap = 1.0 / per_user
         now = time.perf_counter()
         self._next_start = max(now, self._next_start + gap)
         return self._next_start - now

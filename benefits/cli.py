@@ -134,8 +134,8 @@ def loadtest(
     spike_factor: Annotated[float, typer.Option(help="flash: peak = rps x this.")] = 10.0,
     user_rps: Annotated[float, typer.Option(help="Page views per second per Locust user.")] = 10.0,
     arrivals: Annotated[
-        str, typer.Option(help="poisson (exponential gaps) | uniform (constant gaps).")
-    ] = "poisson",
+        str, typer.Option(help="jittered (mean x U(0.5,1.5)) | poisson (exponential) | uniform (constant).")
+    ] = "jittered",
     offers: Annotated[int, typer.Option(help="Catalog size of the started stack.")] = 200,
     members: Annotated[int, typer.Option(help="Known members (Zipf-skewed) in the started stack.")] = 10_000,
     workers: Annotated[int, typer.Option(help="API processes of the started stack.")] = 1,
@@ -169,10 +169,11 @@ def loadtest(
     if (
         shape not in ("steady", "ramp", "flash", "soak")
         or budget_on not in ("client", "server")
-        or arrivals not in ("poisson", "uniform")
+        or arrivals not in ("jittered", "poisson", "uniform")
     ):
         typer.echo(
-            "error: --shape is steady|ramp|flash|soak, --budget-on client|server, --arrivals poisson|uniform",
+            "error: --shape is steady|ramp|flash|soak, --budget-on client|server, "
+            "--arrivals jittered|poisson|uniform",
             err=True,
         )
         raise typer.Exit(2)
