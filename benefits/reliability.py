@@ -37,6 +37,8 @@ import os
 import random
 import secrets
 import signal
+import subprocess
+import sys
 import shutil
 import tempfile
 import threading
@@ -1096,4 +1098,419 @@ def overload(
     out.check("load was shed (503) rather than queued", len(shed) > 0)
     acc_p99 = out.numbers["accepted_p99_ms"] or 1e9
     out.check("accepted p99 under 250 ms (10x the deadline)", acc_p99 < 250)
+    return out
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+
+SCHEMATHESIS_CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+)
+
+
+def schemathesis_run(max_examples: int = 25, seed: int = 1) -> Outcome:
+    """The running app's OpenAPI spec fuzzed once per key scope (storefront, admin) by the schemathesis
+    CLI (examples, coverage, fuzzing and stateful phases, ``max_examples`` per operation)."""
+    exe = Path(sys.executable).with_name("schemathesis")
+    out = Outcome(
+        "Schemathesis (OpenAPI fuzzing)",
+        f"schemathesis {max_examples} examples/operation, every phase, once with a storefront key and once "
+        f"with an admin key, against `benefits serve`; checks: {SCHEMATHESIS_CHECKS}",
+    )
+    with private_stack(members=20) as s, tempfile.TemporaryDirectory() as tmp:
+        for scope, key in (("storefront", s.storefront_key), ("admin", s.admin_key)):
+            report = Path(tmp) / f"{scope}.json"
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [str(exe), "run", f"{s.base}/openapi.json", "-H", f"X-API-Key: {key}",
+                 "--checks", SCHEMATHESIS_CHECKS, "--max-examples", str(max_examples), "--seed", str(seed),
+                 "--workers", "2", "--no-color", "--generation-database", "none",
+                 "--report", "json", "--report-json-path", str(report)],
+                capture_output=True, text=True, cwd=tmp, timeout=300, check=False,
+            )  # fmt: skip
+            tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+            cases = None
+            for line in proc.stdout.splitlines():
+                if "generated" in line and "passed" in line or "found" in line and "generated" in line:
+                    cases = line.strip()
+            out.numbers[scope] = {
+                "exit_code": proc.returncode,
+                "test_cases": cases,
+                "summary": tail.strip("= "),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            out.check(f"{scope} key: no 5xx, responses conform to the spec", proc.returncode == 0)
+            if proc.returncode != 0:
+                out.notes.append(f"{scope}: " + proc.stdout[-2500:])
+        out.check("API alive afterwards", s.api is not None and s.api.alive())
+    return out
+
+
+#: (what, Settings keyword arguments, a fragment the error must contain)
+BAD_SETTINGS: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "prod with the dev API keys",
+        {
+            "environment": "prod",
+            "redis_url": "redis://r:6379/0",
+            "kafka_bootstrap": "k:9092",
+            "member_hash_salt": "s" * 16,
+        },
+        "development API keys",
+    ),  # fmt: skip
+    (
+        "prod with the dev salt",
+        {
+            "environment": "prod",
+            "redis_url": "redis://r:6379/0",
+            "kafka_bootstrap": "k:9092",
+            "storefront_api_keys": ["p" * 24],
+            "admin_api_keys": ["a" * 24],
+        },
+        "MEMBER_HASH_SALT",
+    ),  # fmt: skip
+    (
+        "prod without Redis / broker",
+        {
+            "environment": "prod",
+            "member_hash_salt": "s" * 16,
+            "storefront_api_keys": ["p" * 24],
+            "admin_api_keys": ["a" * 24],
+        },
+        "needs BENEFITS_REDIS_URL",
+    ),  # fmt: skip
+    ("bad topic name", {"events_topic": "member events!"}, "events_topic"),
+    ("bad dead-letter topic name", {"dead_letter_topic": ""}, "dead_letter_topic"),
+    ("negative member TTL", {"member_ttl_seconds": -1}, "member_ttl_seconds"),
+    ("zero stats TTL", {"stats_ttl_seconds": 0}, "stats_ttl_seconds"),
+    ("short API key", {"storefront_api_keys": ["short"]}, "at least 12 characters"),
+    ("redis prefix with a colon", {"redis_prefix": "bn:x"}, "redis_prefix"),
+    ("zero deadline", {"deadline_ms": 0}, "deadline_ms"),
+    ("zero max_in_flight", {"max_in_flight": 0}, "max_in_flight"),
+    ("tiny body limit", {"max_body_bytes": 10}, "max_body_bytes"),
+    ("unknown setting (typo)", {"redis_ulr": "redis://x"}, "redis_ulr"),
+    ("unknown log level", {"log_level": "LOUD"}, "log_level"),
+]
+
+
+def settings_refusals() -> list[dict[str, Any]]:
+    """Each bad settings case: refused at construction, with the field or rule named in the message."""
+    from pydantic import ValidationError
+
+    rows = []
+    for what, kwargs, fragment in BAD_SETTINGS:
+        try:
+            Settings(**kwargs)
+        except ValidationError as exc:
+            msg = str(exc)
+            rows.append(
+                {"case": what, "refused": True, "named": fragment in msg, "message": msg.splitlines()[1:3]}
+            )
+        else:
+            rows.append({"case": what, "refused": False, "named": False, "message": ""})
+    return rows
+
+
+def serve_refuses(env: dict[str, str], timeout_s: float = 60.0) -> tuple[int | None, str]:
+    """Run ``benefits serve`` with extra ``BENEFITS_*`` env; (exit code, output). None: still running."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BENEFITS_")}
+    base.update({"BENEFITS_ENVIRONMENT": "test", "BENEFITS_PORT": str(free_port()), **env})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benefits.cli", "serve"],
+        env=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        return None, output.decode(errors="replace")
+    return proc.returncode, output.decode(errors="replace")
+
+
+def _offer(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"offer_id": "rel-new", "kind": "coupon", "subtype": "category", "title": "5 off",
+                            "category": "baby", "value": 5.0, "threshold": 50.0, "cost": 3.0}  # fmt: skip
+    base.update(kw)
+    return base
+
+
+#: (what, raw JSON body for POST /v1/admin/offers, a fragment the 422 message must contain)
+BAD_OFFERS: list[tuple[str, bytes, str]] = [
+    ("subtype not of its kind", orjson.dumps(_offer(subtype="free_shipping")), "subtype"),
+    ("unknown category", orjson.dumps(_offer(category="spaceships")), "category"),
+    ("negative value", orjson.dumps(_offer(value=-1)), "value"),
+    ("negative inventory", orjson.dumps(_offer(inventory=-5)), "inventory"),
+    ("budget without cost", orjson.dumps(_offer(budget=100.0, cost=0)), "positive cost"),
+    (
+        "campaign end before start",
+        orjson.dumps(_offer(campaign_start_ts=2e9, campaign_end_ts=1e9)),
+        "campaign_end_ts",
+    ),
+    ("campaign start without end", orjson.dumps(_offer(campaign_start_ts=2e9)), "go together"),
+    (
+        "validity window reversed",
+        orjson.dumps(_offer(eligibility={"valid_from_ts": 2e9, "valid_to_ts": 1e9})),
+        "valid_to_ts",
+    ),  # fmt: skip
+    ("unknown tier", orjson.dumps(_offer(eligibility={"tiers": ["platinum"]})), "tiers"),
+    ("zero impressions cap", orjson.dumps(_offer(caps={"max_impressions_without_action": 0})), "caps"),
+    ("unknown field", orjson.dumps(_offer(discount_pct=10)), "discount_pct"),
+    ("bad offer id", orjson.dumps(_offer(offer_id="has space")), "offer_id"),
+    ("NaN value", orjson.dumps(_offer()).replace(b'"value":5.0', b'"value":NaN'), "value"),
+    (
+        "NaN validity bound",
+        orjson.dumps(_offer()).replace(b'"cost":3.0', b'"cost":3.0,"eligibility":{"valid_to_ts":NaN}'),
+        "valid_to_ts",
+    ),  # fmt: skip
+]
+
+
+def catalog_refusals(base: str, admin: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    with httpx.Client(base_url=base, headers={**admin, "Content-Type": "application/json"}, timeout=10) as c:
+        for i, (what, body, fragment) in enumerate(BAD_OFFERS):
+            r = c.post("/v1/admin/offers", content=body.replace(b'"rel-new"', f'"rel-bad-{i}"'.encode()))
+            msg = (
+                r.json().get("message", "")
+                if r.headers.get("content-type", "").startswith("application/json")
+                else r.text
+            )
+            rows.append(
+                {"case": what, "status": r.status_code, "named": fragment in msg, "message": msg[:140]}
+            )
+        listed = {o["offer_id"] for o in c.get("/v1/admin/offers").json()["offers"]}
+    for i, row in enumerate(rows):
+        row["stored"] = f"rel-bad-{i}" in listed
+    return rows
+
+
+def bad_input() -> Outcome:
+    out = Outcome(
+        "Invalid settings and catalog rules",
+        f"{len(BAD_SETTINGS)} bad Settings(...) cases; `benefits serve` with a bad env and with an invalid "
+        f"catalog seed file; {len(BAD_OFFERS)} invalid offers POSTed to the admin API",
+    )
+    rows = settings_refusals()
+    out.numbers["settings"] = rows
+    out.check(
+        "every bad setting refused, naming the field or rule", all(r["refused"] and r["named"] for r in rows)
+    )
+    code, text = serve_refuses({"BENEFITS_MEMBER_TTL_SECONDS": "-5"})
+    out.numbers["serve_with_negative_ttl"] = {"exit_code": code, "names_field": "member_ttl_seconds" in text}
+    out.check(
+        "`benefits serve` with a negative TTL exits non-zero naming it",
+        code not in (0, None) and "member_ttl_seconds" in text,
+    )
+    with private_stack(members=0, api=False) as s:
+        seed = s.workdir / "bad-seed.json"
+        seed.write_bytes(orjson.dumps([_offer(subtype="free_shipping")]))
+        env = {k: v for k, v in st.settings_env(s.settings).items()}
+        env["BENEFITS_CATALOG_SEED_PATH"] = str(seed)
+        code, text = serve_refuses(env)
+        out.numbers["serve_with_invalid_seed"] = {"exit_code": code, "names_field": "subtype" in text}
+        out.check("`benefits serve` with an invalid catalog seed exits non-zero naming the rule",
+                  code not in (0, None) and "subtype" in text)  # fmt: skip
+        s.start_api()
+        offers = catalog_refusals(s.base, s.admin)
+    out.numbers["offers"] = offers
+    out.check("every invalid offer refused with 422 naming the field or rule",
+              all(r["status"] == 422 and r["named"] for r in offers))  # fmt: skip
+    out.check("no invalid offer stored", not any(r["stored"] for r in offers))
+    return out
+
+
+# -- security ---------------------------------------------------------------------------------------------
+
+#: Routes anyone may call (probes, metrics scrape, API docs). Every other route needs a scoped key.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+
+
+def spec_routes(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(method, path, scope) for every operation in the OpenAPI spec; scope from the router's tag."""
+    out = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            tags = op.get("tags", [])
+            scope = "storefront" if "storefront" in tags else "admin" if "admin" in tags else "public"
+            out.append((method.upper(), path, scope))
+    return out
+
+
+def route_matrix(
+    base: str, routes: Sequence[tuple[str, str, str]], keys: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
+    """Call every route with no key, a wrong key, and each scope's key; return a row per (route, key) with
+    the status and whether it is what the scope demands (401 / 403 / allowed, never 5xx)."""
+    rows = []
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for method, path, scope in routes:
+            url = path.replace("{", "").replace("}", "")  # /v1/members/member_id etc.: harmless samples
+            for key_name, headers in keys.items():
+                r = c.request(method, url, headers=headers, json={} if method in ("POST", "PUT") else None)
+                if scope == "public" and path in PUBLIC_PATHS:
+                    ok = r.status_code < 500 or (path == "/readyz" and r.status_code == 503)
+                elif key_name in ("none", "wrong"):
+                    ok = r.status_code == 401
+                elif key_name != scope:
+                    ok = r.status_code == 403
+                else:
+                    ok = r.status_code not in (401, 403) and r.status_code < 500
+                rows.append(
+                    {
+                        "method": method,
+                        "path": path,
+                        "scope": scope,
+                        "key": key_name,
+                        "status": r.status_code,
+                        "ok": ok,
+                    }
+                )
+    return rows
+
+
+def _chunked_post(host: str, port: int, path: str, headers: dict[str, str], chunks: int, size: int) -> int:
+    import socket
+
+    with socket.create_connection((host, port), timeout=10) as sock:
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Transfer-Encoding: chunked"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        try:
+            for _ in range(chunks):
+                sock.sendall(f"{size:x}\r\n".encode() + b" " * size + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server may answer and close before the whole body is sent
+        data = sock.recv(4096)
+    return int(data[9:12]) if data.startswith(b"HTTP/1.1") else 0
+
+
+def _redis_keys_with(settings: Settings, needle: str) -> list[str]:
+    import redis
+
+    assert settings.redis_url is not None
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [k.decode() for k in r.scan_iter(match=f"*{needle}*", count=1000)]
+    finally:
+        r.close()
+
+
+def security_checks() -> Outcome:
+    out = Outcome(
+        "Security",
+        "route x key matrix over every operation in the running spec; a full request cycle (recommend, "
+        "feedback, wrong keys, admin calls, erasure) then the API and worker logs searched for keys, the "
+        "salt and raw member ids; body limits (declared and chunked); erasure then a scan of every Redis key",
+    )
+    with private_stack(worker=True, members=20, log_level="DEBUG") as s:
+        spec = httpx.get(f"{s.base}/openapi.json", timeout=10).json()
+        routes = spec_routes(spec)
+        wrong = f"wrong-{secrets.token_hex(10)}"
+        keys = {"none": {}, "wrong": {"X-API-Key": wrong}, "storefront": s.sf, "admin": s.admin}
+        rows = route_matrix(s.base, routes, keys)
+        bad = [r for r in rows if not r["ok"]]
+        unguarded = [f"{m} {p}" for m, p, sc in routes if sc == "public" and p not in PUBLIC_PATHS]
+        out.numbers["routes"] = len(routes)
+        out.numbers["matrix_cells"] = len(rows)
+        out.numbers["matrix_failures"] = bad
+        out.check(
+            "every route enforces its scope (401 no/wrong key, 403 other scope)", not bad and not unguarded
+        )
+
+        # A full cycle with a distinctive member id; then the logs must contain neither it nor any secret.
+        offers = s.offer_ids()
+        pii = f"pii-{secrets.token_hex(6)}"
+        with httpx.Client(base_url=s.base, timeout=10) as c:
+            c.post("/v1/recommend", json={"member_id": pii, "explain": True}, headers=s.sf).raise_for_status()
+            for i, o in enumerate(offers[:5]):
+                body = {"type": "impression", "member_id": pii, "offer_id": o, "request_id": f"r{i}"}
+                assert c.post("/v1/feedback", json=body, headers=s.sf).status_code == 202
+            c.post("/v1/recommend", json={"member_id": pii}, headers={"X-API-Key": wrong})
+            c.post("/v1/recommend", json={"member_id": pii, "bogus": 1}, headers=s.sf)
+            c.get("/v1/admin/offers", headers=s.sf)
+            c.get("/v1/admin/models", headers=s.admin)
+            folded = _wait_folded(s.settings, [pii], 5, 30)
+            keys_before = _redis_keys_with(s.settings, pii)
+            erase = c.delete(f"/v1/members/{pii}", headers=s.admin)
+            keys_after = _redis_keys_with(s.settings, pii)
+            time.sleep(2.0)  # the worker reads the tombstone; nothing may come back
+            keys_later = _redis_keys_with(s.settings, pii)
+
+            # Erasure while the member's events are still in the topic, not yet folded: the worker is
+            # stopped (a lagging or restarting worker), events are accepted, the member is erased, the
+            # worker comes back and drains the topic (a canary sent last shows it got to the end).
+            race, canary = f"race-{secrets.token_hex(4)}", f"canary-{secrets.token_hex(4)}"
+            assert s.worker is not None
+            s.worker.stop()
+            for i in range(50):
+                body = {"type": "impression", "member_id": race, "offer_id": offers[i % len(offers)],
+                        "request_id": f"q{i}"}  # fmt: skip
+                c.post("/v1/feedback", json=body, headers=s.sf)
+            race_erase = c.delete(f"/v1/members/{race}", headers=s.admin).status_code
+            body = {"type": "impression", "member_id": canary, "offer_id": offers[0], "request_id": "c"}
+            c.post("/v1/feedback", json=body, headers=s.sf)
+            s.start_worker()
+            canary_folded = _wait_folded(s.settings, [canary], 1, 45)
+            time.sleep(0.5)
+            race_keys = _redis_keys_with(s.settings, race)
+
+            declared = c.post(
+                "/v1/recommend",
+                content=b'{"member_id": "m1", "pad": "' + b"x" * (s.settings.max_body_bytes + 1) + b'"}',
+                headers={**s.sf, "Content-Type": "application/json"},
+            ).status_code
+        chunked = _chunked_post("127.0.0.1", s.settings.port, "/v1/recommend", {**s.sf, "Content-Type": "application/json"},
+                                chunks=s.settings.max_body_bytes // 4096 + 4, size=4096)  # fmt: skip
+        time.sleep(0.5)
+        api_log = s.api_log()
+        worker_logs = "".join(p.read_text(errors="replace") for p in (s.workdir / "logs").glob("worker*.log"))
+        alive = s.api is not None and s.api.alive()
+    secrets_ = {
+        "storefront key": s.storefront_key,
+        "admin key": s.admin_key,
+        "wrong key": wrong,
+        "salt": s.salt,
+    }
+    leaks = {
+        name: where
+        for name, value in secrets_.items()
+        for where, text in (("api", api_log), ("worker", worker_logs))
+        if value in text
+    }
+    pii_leaks = [
+        where for where, text in (("api", api_log), ("worker", worker_logs)) if pii in text or race in text
+    ]
+    out.numbers.update(
+        {
+            "log_lines_checked": api_log.count("\n") + worker_logs.count("\n"),
+            "secret_leaks": leaks,
+            "member_id_in_logs": pii_leaks,
+            "member_keys_before_erasure": len(keys_before),
+            "erase_status": erase.status_code,
+            "member_keys_after_erasure": len(keys_after),
+            "member_keys_2s_after_erasure": len(keys_later),
+            "race_member_keys_after_the_worker_drained": race_keys,
+            "race_erase_status": race_erase,
+            "race_worker_drained_past_the_erasure": canary_folded == 1,
+            "oversized_declared_status": declared,
+            "oversized_chunked_status": chunked,
+            "folded_before_erasure": folded,
+        }
+    )
+    out.check("no API key, wrong key or salt in any log line", not leaks)
+    out.check("no raw member id in any log line", not pii_leaks)
+    out.check(
+        "erasure leaves no key of the member (scan of every key)",
+        keys_before and erase.status_code == 200 and not keys_after and not keys_later,
+    )
+    out.check(
+        "erasure with the member's events not yet folded leaves no key",
+        race_erase == 200 and canary_folded == 1 and not race_keys,
+    )
+    out.check("oversized body refused 413 (declared and chunked)", declared == 413 and chunked == 413)
+    out.check("API alive afterwards", alive)
     return out
