@@ -208,5 +208,33 @@ def loadtest(
     raise typer.Exit(run_command(settings, opts))
 
 
+@app.command()
+def reliability(
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated scenarios (default: all): " + "redis, broker, worker, models, "
+            "overload-256, overload, schemathesis, bad-input, dead-letters, security."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Report to write.")] = Path("docs/reliability.md"),
+) -> None:
+    """Faults, overload, bad input and security against real processes; writes docs/reliability.md.
+    Exit 1 when any check fails."""
+    from benefits.reliability import SCENARIOS, run
+
+    _settings()
+    names = [n.strip() for n in only.split(",")] if only else None
+    unknown = [n for n in names or [] if n not in SCENARIOS]
+    if unknown:
+        typer.echo(f"error: unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}", err=True)
+        raise typer.Exit(2)
+    outcomes = run(names, out)
+    for o in outcomes:
+        typer.echo(f"{'pass' if o.passed else 'FAIL'}  {o.name}")
+    typer.echo(f"wrote {out}")
+    raise typer.Exit(0 if all(o.passed for o in outcomes) else 1)
+
+
 if __name__ == "__main__":
     app()
