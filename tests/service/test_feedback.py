@@ -95,7 +95,8 @@ async def test_feedback_is_published_keyed_by_member(
 
 def test_concurrent_claims_on_ten_left_succeed_exactly_ten_times(fb_settings: Settings) -> None:
     """Real HTTP, 40 concurrent claims on an offer with inventory 10: exactly 10 accepted, 30 sold out."""
-    with live_server(fb_settings) as base:
+    # Room for all 40 at once: this is about inventory, not load shedding (max_in_flight defaults to 32).
+    with live_server(fb_settings.model_copy(update={"max_in_flight": 64})) as base:
 
         async def go() -> list[int]:
             async with httpx.AsyncClient(base_url=base, timeout=10.0) as c:
