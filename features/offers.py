@@ -60,7 +60,8 @@ OfferId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 class Eligibility(BaseModel):
     """Who may see the offer, where and when. Empty lists mean "no restriction"."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf would slip through every comparison (valid_to_ts < now is False for NaN): refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     tiers: list[Tier] = []
     paid_only: bool = False
@@ -86,7 +87,8 @@ class Eligibility(BaseModel):
 class Caps(BaseModel):
     """Per-member frequency caps and cool-downs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf would slip through every comparison (valid_to_ts < now is False for NaN): refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_impressions_without_action: Annotated[int, Field(ge=1, le=1000)] = 6
     cooldown_after_dismiss_hours: Annotated[float, Field(ge=0, le=24 * 365)] = 72.0
@@ -97,7 +99,8 @@ class Caps(BaseModel):
 class Offer(BaseModel):
     """One rankable offer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf would slip through every comparison (valid_to_ts < now is False for NaN): refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     offer_id: OfferId
     kind: OfferKind

@@ -28,21 +28,14 @@ def test_invalid_settings_are_refused_naming_the_field(
 def test_invalid_offers_and_seed_and_env_are_refused() -> None:
     o = rel.bad_input()
     offers = o.numbers["offers"]
-    # Known gap (features/offers.py, not service/): a NaN validity bound is accepted; see the xfail below.
-    known = {"NaN validity bound"}
-    bad = [r for r in offers if r["case"] not in known and not (r["status"] == 422 and r["named"])]
+    bad = [r for r in offers if not (r["status"] == 422 and r["named"])]
     assert not bad, bad
-    assert not [r for r in offers if r["case"] not in known and r["stored"]]
+    assert not [r for r in offers if r["stored"]]
     for check, ok in o.checks.items():
         if "offer" not in check:
             assert ok, (check, o.numbers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="features.offers accepts NaN timestamps (pydantic allow_inf_nan defaults to True); "
-    "fix: allow_inf_nan=False on Offer/Eligibility/Caps",
-)
 def test_nan_validity_bound_is_refused() -> None:
     from features.offers import Offer
 
