@@ -231,9 +231,9 @@ def reliability(
         raise typer.Exit(2)
     outcomes = run(names, out)
     for o in outcomes:
-        typer.echo(f"{'pass' if o.passed else 'FAIL'}  {o.name}")
+        typer.echo(f"{'pass' if o.passed else 'base' if o.baseline else 'FAIL'}  {o.name}")
     typer.echo(f"wrote {out}")
-    raise typer.Exit(0 if all(o.passed for o in outcomes) else 1)
+    raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
 
 
 if __name__ == "__main__":
