@@ -669,7 +669,9 @@ def redis_kill(
 
     rec = [r for r in results if r.kind == "recommend"]
     before = _phase(rec, 0.0, t_kill)
-    during = _phase(rec, t_kill + 0.05, t_back)
+    # Answered entirely inside the outage: scheduled after the kill, completed before Redis listened
+    # again (t_back is taken after the port answers; a margin covers the poll interval).
+    during = [r for r in _phase(rec, t_kill + 0.05, t_back) if r.t + r.ms / 1e3 < t_back - 0.1]
     after = _phase(rec, t_restored + 1.5, total + 1)
     first_ok = next(
         (r.t for r in sorted(rec, key=lambda r: r.t) if r.t > t_back and r.info == "personalised"), None
