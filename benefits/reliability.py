@@ -902,18 +902,21 @@ def worker_kill(
         skipped: list[float] = []
         for _ in range(kills):
             proc = h.start_worker(cfg, log_path)
-            floor = _folded(st_, mids)
-            deadline = time.monotonic() + 60
-            while _folded(st_, mids) <= floor and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(rng.uniform(0.05, 0.6))
-            with contextlib.suppress(Exception):
-                skipped.append(
-                    h.scrape_metrics(cfg.metrics_port)[("benefits_stream_duplicates_skipped_total", ())]
-                )
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            progress_at_kill.append(_folded(st_, mids))
+            try:
+                floor = _folded(st_, mids)
+                deadline = time.monotonic() + 60
+                while _folded(st_, mids) <= floor and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(rng.uniform(0.05, 0.6))
+                with contextlib.suppress(Exception):
+                    skipped.append(
+                        h.scrape_metrics(cfg.metrics_port)[("benefits_stream_duplicates_skipped_total", ())]
+                    )
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                progress_at_kill.append(_folded(st_, mids))
+            finally:
+                h.stop_worker(proc, signal.SIGKILL)  # an exception above must not orphan it
         producer.join(120)
         t0 = time.monotonic()
         with h.worker_process(cfg, log_path):
