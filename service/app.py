@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
                 policy,
                 settings.deadline_ms,
                 settings.member_hash_salt.get_secret_value().encode(),
+                default_limit=settings.default_limit,
             ),
             feedback=FeedbackService(store, catalog, publisher, metrics),
             metrics=metrics,
@@ -208,11 +209,16 @@ def create_app(settings: Settings) -> FastAPI:
             media_type="application/json",
         )
 
+    def shed_recommend() -> bytes | None:
+        res: Resources | None = getattr(app.state, "resources", None)
+        return res.recommender.shed_answer() if res is not None else None
+
     app.add_middleware(
         EdgeLimits,  # type: ignore[arg-type]
         max_in_flight=settings.max_in_flight,
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
+        shed_recommend=shed_recommend,
     )
     return app
 

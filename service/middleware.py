@@ -1,7 +1,9 @@
 """Edge limits as pure ASGI middleware (no per-request objects beyond a closure; about a microsecond).
 
-- Bounded in-flight requests: over ``max_in_flight`` the request is refused at once with 503, before
-  any work, so an overloaded replica sheds load quickly instead of queueing into everyone's deadline.
+- Bounded in-flight requests: over ``max_in_flight`` a request is answered at once, before any work, so
+  an overloaded replica sheds load quickly instead of queueing into everyone's deadline. A recommend
+  request (a page view: "a valid page view never gets a 5xx") gets a 200 with the cached
+  non-personalised answer flagged ``degraded_cause="overloaded"``; every other route gets a fast 503.
 - Body size: a declared ``Content-Length`` over ``max_body_bytes`` is refused with 413 before reading;
   a chunked body is counted as it streams and cut off at the limit.
 
@@ -24,10 +26,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+RECOMMEND = "/v1/recommend"
 
 
 async def _reply(send: Send, status: int, code: str, message: str) -> None:
-    body = orjson.dumps({"error": code, "message": message})
+    await _send(send, status, orjson.dumps({"error": code, "message": message}))
+
+
+async def _send(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -39,8 +45,16 @@ async def _reply(send: Send, status: int, code: str, message: str) -> None:
 
 
 class EdgeLimits:
-    def __init__(self, app: ASGIApp, max_in_flight: int, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        max_body_bytes: int,
+        metrics: Metrics,
+        shed_recommend: Callable[[], bytes | None] | None = None,
+    ) -> None:
         self.app = app
+        self.shed_recommend = shed_recommend
         self.max_in_flight = max_in_flight
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
@@ -51,6 +65,13 @@ class EdgeLimits:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
+            if self.shed_recommend is not None and scope["path"] == RECOMMEND and scope["method"] == "POST":
+                body = self.shed_recommend()
+                if body is not None:
+                    self.metrics.rejected.labels(cause="overloaded_degraded").inc()
+                    self.metrics.degraded.labels(cause="overloaded").inc()
+                    await _send(send, 200, body)
+                    return
             self.metrics.rejected.labels(cause="overloaded").inc()
             await _reply(send, 503, "overloaded", "too many requests in flight; retry shortly")
             return

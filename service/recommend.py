@@ -13,6 +13,8 @@ stored blob undecodable       same                                            ``
 no model loaded               non-personalised ranking (member's eligibility) ``no_model``
 model raised                  same                                            ``model_error``
 no catalog yet                empty list                                      ``no_catalog``
+over max_in_flight (shed)     cached ranking for an anonymous member, default ``overloaded``
+                              page context (``shed_answer``; no Redis, no model)
 ============================  ==============================================  ====================
 
 Unknown member: the model ranks an empty state (``cold_start``), not degraded. Consent off: priors
@@ -32,6 +34,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import orjson
 from redis.exceptions import RedisError
 
 from features.projection import Context
@@ -96,6 +99,7 @@ class Recommender:
         deadline_ms: float,
         hash_salt: bytes,
         seed: int | None = None,
+        default_limit: int = 5,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -108,6 +112,44 @@ class Recommender:
         self.salt = hash_salt
         self.breaker = Breaker()
         self.rng = np.random.default_rng(seed)
+        self.default_limit = default_limit
+        #: (catalog version, minute) -> the shed answer's bytes; rebuilt when either changes.
+        self._shed: tuple[tuple[int, int], bytes] | None = None
+
+    def shed_answer(self) -> bytes:
+        """The answer given to a recommend request refused by the in-flight limit: a 200 with the
+        non-personalised ranking for an anonymous member on the home page, flagged ``overloaded``.
+
+        Built once per catalog version and minute (validity windows move), so a shed costs a dict
+        lookup and no I/O: under overload the storefront still fills its slots instead of getting 503s.
+        Per-member caps are unknown here, which is the price of answering without reading the state.
+        """
+        snap = self.catalog.current
+        now = time.time()
+        key = (snap.version if snap is not None else -1, int(now // 60))
+        if self._shed is not None and self._shed[0] == key:
+            return self._shed[1]
+        ranking = None
+        if snap is not None:
+            ranking = rank(
+                snap, new_state("anonymous"), Context(), now, self.default_limit,
+                model=None, mode=Mode.FALLBACK, policy=self.policy,
+            )  # fmt: skip
+        body = orjson.dumps(
+            {
+                "request_id": "shed",
+                "model_version": None,
+                "mode": Mode.FALLBACK.value,
+                "degraded": True,
+                "degraded_cause": "overloaded",
+                "catalog_version": snap.version if snap is not None else None,
+                "candidates": ranking.candidates if ranking else 0,
+                "eligible": ranking.eligible if ranking else 0,
+                "offers": [it.as_dict() for it in ranking.items] if ranking else [],
+            }
+        )
+        self._shed = (key, body)
+        return body
 
     async def read_state(self, member_id: str) -> tuple[MemberState | None, str | None]:
         """(state or None for an unknown member, degraded cause or None)."""

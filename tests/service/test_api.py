@@ -209,7 +209,8 @@ async def test_admin_catalog_crud_and_invalid_offer(client: httpx.AsyncClient) -
 
 
 async def test_in_flight_limit_sheds_load_fast() -> None:
-    """Over max_in_flight the middleware answers 503 at once; probes stay exempt."""
+    """Over max_in_flight the middleware answers at once (503, or a degraded 200 for recommend); probes
+    stay exempt."""
     import asyncio
 
     from service.metrics import Metrics
@@ -222,15 +223,33 @@ async def test_in_flight_limit_sheds_load_fast() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    app = EdgeLimits(slow_app, max_in_flight=2, max_body_bytes=1024, metrics=Metrics())
+    shed = b'{"degraded": true, "degraded_cause": "overloaded", "offers": []}'
+    app = EdgeLimits(
+        slow_app, max_in_flight=2, max_body_bytes=1024, metrics=Metrics(), shed_recommend=lambda: shed
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
         held = [asyncio.create_task(c.get("/v1/anything")) for _ in range(2)]
         await asyncio.sleep(0.05)
         r = await c.get("/v1/anything")
         assert r.status_code == 503 and r.json()["error"] == "overloaded"
+        # A page view is never refused: it gets the cached degraded answer instead of a 503.
+        r = await c.post("/v1/recommend", json={"member_id": "m"})
+        assert r.status_code == 200 and r.json()["degraded_cause"] == "overloaded"
         probe = asyncio.create_task(c.get("/healthz"))
         await asyncio.sleep(0.05)
         release.set()
         assert [t.status_code for t in await asyncio.gather(*held, probe)] == [200, 200, 200]
         assert app.in_flight == 0
+
+
+async def test_shed_answer_is_a_valid_degraded_ranking(client: httpx.AsyncClient) -> None:
+    """The cached answer given under overload is a real non-personalised slate in the response schema."""
+    from service.schemas import RecommendResponse
+
+    app = client._transport.app  # type: ignore[attr-defined]
+    body = app.state.resources.recommender.shed_answer()
+    parsed = RecommendResponse.model_validate_json(body)
+    assert parsed.degraded and parsed.degraded_cause == "overloaded" and parsed.mode == "fallback"
+    assert parsed.offers, "the shed answer should still fill the slots"
+    assert app.state.resources.recommender.shed_answer() is body  # cached until catalog/minute changes
