@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, write_result
+from benchmarks._common import machine_info, synthetic_booster, write_result
 from benchmarks.ranking import random_context, simulate_member
 from features.demo_catalog import demo_catalog
-from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, rows
+from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, rows
 from service.catalog import build_snapshot
 
 ROW_COUNTS = (50, 200, 500)
@@ -62,30 +62,9 @@ def make_batches(n_rows: int, batches: int, states: list[Any], now: float, seed:
 
 
 def train_booster(states: list[Any], now: float, trees: int, leaves: int, seed: int) -> Any:
-    """A binary LightGBM model on projected rows, labels from a logistic of a few features."""
-    import lightgbm as lgb
-
-    from training.export import float32_thresholds
-
-    rng = np.random.default_rng(seed)
+    """A binary LightGBM model on projected rows of the benchmark's own members."""
     x = np.vstack(make_batches(200, 400, states, now, seed)[:400])
-    f = FEATURE_INDEX
-    logit = (
-        -3.0
-        + 0.6 * np.log1p(x[:, f["cat_interest_7d"]])
-        + 0.4 * np.log1p(x[:, f["cat_orders_30d"]])
-        + 0.9 * x[:, f["page_category_match"]]
-        + 0.02 * x[:, f["offer_value"]]
-        - 0.3 * x[:, f["mo_impressions_since_action"]]
-        + 0.3 * x[:, f["tier"]]
-    )
-    y = (rng.random(len(x)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-    params = {"objective": "binary", "num_leaves": leaves, "min_data_in_leaf": 20, "learning_rate": 0.05,
-              "num_threads": 1, "verbose": -1, "seed": seed}  # fmt: skip
-    booster = lgb.train(
-        params, lgb.Dataset(x, label=y, feature_name=list(FEATURE_NAMES)), num_boost_round=trees
-    )
-    return float32_thresholds(booster)
+    return synthetic_booster(x, np.random.default_rng(seed), trees, leaves, seed)
 
 
 def time_calls(

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, write_result
+from benchmarks._common import machine_info, synthetic_booster, write_result
 from benefits.embedded import start_redis
 from features import events as ev
 from features.demo_catalog import demo_catalog
 from features.events import PAGE_TYPES, TIERS
 from features.offers import CATEGORIES
-from features.projection import DEVICES, FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, Context, rows
+from features.projection import DEVICES, FEATURE_NAMES, FEATURE_SCHEMA, Context, rows
 from features.redis_client import connect
 from features.redis_layout import MemberStore, RedisLayout, StoredMember
 from features.state import MemberState, apply, new_state
@@ -129,8 +129,6 @@ def random_context(rng: np.random.Generator) -> Context:
 
 def train_model(states: list[MemberState], now: float, trees: int, rng: np.random.Generator) -> bytes:
 
-    import lightgbm as lgb
-
     from training.export import set_metadata, to_onnx
 
     table = build_snapshot(1, demo_catalog(now - 86400, 200), now).table
@@ -138,24 +136,7 @@ def train_model(states: list[MemberState], now: float, trees: int, rng: np.rando
     for s in states[:400]:
         x = rows(s, table, random_context(rng), now)
         blocks.append(x[rng.choice(len(x), size=40, replace=False)])
-    x = np.vstack(blocks)
-    f = FEATURE_INDEX
-    logit = (
-        -3.2
-        + 0.6 * np.log1p(x[:, f["cat_interest_7d"]])
-        + 0.4 * np.log1p(x[:, f["cat_orders_30d"]])
-        + 0.9 * x[:, f["page_category_match"]]
-        + 0.02 * x[:, f["offer_value"]]
-        - 0.3 * x[:, f["mo_impressions_since_action"]]
-        + 0.3 * x[:, f["tier"]]
-        + 0.5 * (x[:, f["threshold_to_basket"]] < 1.0)
-    )
-    y = (rng.random(len(x)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-    params = {"objective": "binary", "num_leaves": 31, "min_data_in_leaf": 20, "learning_rate": 0.05,
-              "num_threads": 1, "verbose": -1, "seed": 1}  # fmt: skip
-    booster = lgb.train(
-        params, lgb.Dataset(x, label=y, feature_name=list(FEATURE_NAMES)), num_boost_round=trees
-    )
+    booster = synthetic_booster(np.vstack(blocks), rng, trees)
     model = to_onnx(booster)
     set_metadata(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
     return model.SerializeToString()

