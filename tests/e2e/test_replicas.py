@@ -127,8 +127,10 @@ def test_catalog_change_and_promotion_reach_every_replica(
     store_key = {"X-API-Key": settings.storefront_api_keys[0].get_secret_value()}
     admin_key = {"X-API-Key": settings.admin_api_keys[0].get_secret_value()}
 
-    # Requests through the proxy are answered by both replicas, all successfully.
-    with httpx.Client(base_url=proxy, headers=store_key, timeout=5.0) as client:
+    # Requests through the proxy are answered by both replicas, all successfully (no keep-alive, so
+    # each request is a new connection and the proxy alternates replicas).
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=proxy, headers=store_key, timeout=5.0, limits=no_keepalive) as client:
         for i in range(20):
             r = client.post("/v1/recommend", json={"member_id": f"rr-{i}", "context": {"page_type": "home"}})
             assert r.status_code == 200, r.text
