@@ -45,6 +45,8 @@ Hazards:
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -78,29 +80,20 @@ def connect(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aio
     first command. Close with ``await client.aclose()``.
     """
     timeout_s = timeout_ms / 1000.0
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "decode_responses": False,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": _retry(),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "max_connections": MAX_CONNECTIONS,
+    }
     if cluster:
         return aioredis.RedisCluster.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=False,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S,
-            retry=_retry(),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            require_full_coverage=True,
-            reinitialize_steps=REINITIALIZE_STEPS,
-            max_connections=MAX_CONNECTIONS,
+            url, require_full_coverage=True, reinitialize_steps=REINITIALIZE_STEPS, **common
         )
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        decode_responses=False,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=_retry(),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        max_connections=MAX_CONNECTIONS,
-    )
+    return aioredis.Redis.from_url(url, **common)
 
 
 async def open_client(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aioredis.RedisCluster:

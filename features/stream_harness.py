@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aioredis
 
+from benefits.embedded import stop_process
 from features import events as ev
 from features.offer_stats import OfferCounters, apply_offer_event, merge_all
 from features.redis_layout import MemberStore, RedisLayout, StoredMember
@@ -304,14 +305,7 @@ def start_worker(cfg: WorkerConfig, log_path: Path | None = None) -> subprocess.
 
 
 def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+    stop_process(proc, sig, timeout_s)
 
 
 @contextlib.contextmanager
