@@ -3,11 +3,11 @@
 One run:
 
 1. **Stack** (only when no target URL is given): an embedded Redis and broker
-   (:func:`benefits.stack.infrastructure`, never a shared Redis), a catalog of ``--offers`` demo offers
+   (:func:`harness.stack.infrastructure`, never a shared Redis), a catalog of ``--offers`` demo offers
    written to a JSON seed file, a small model (simulate a few hundred members, train, promote) in a
    temporary registry, member states for the population ``lt-0 .. lt-{members-1}`` folded with the shared
    core (:func:`features.state.apply`) and written straight into Redis with
-   :meth:`features.redis_layout.MemberStore.put_members`, and ``--workers`` API processes
+   :meth:`infra.redis_layout.MemberStore.put_members`, and ``--workers`` API processes
    (``benefits serve``, one uvicorn worker each, on their own ports; Locust spreads its users over them
    round-robin, there is no load balancer process in between). A short warm-up follows.
 2. **Load**: ``python -m locust -f benchmarks/locustfile.py --headless`` as a subprocess with the chosen
@@ -523,7 +523,7 @@ class Stack:
 
 
 def _train(workdir: Path, opts: Options) -> tuple[Path, str, int | None]:
-    from benefits.registry import Registry
+    from infra.registry import Registry
     from training.pipeline import run as train_run
     from training.simulate import simulate_to_dir
 
@@ -553,8 +553,8 @@ def _member_states(n: int, seed: int) -> list[Any]:
 
 
 async def _write_members(settings: Any, states: list[Any]) -> None:
-    from features.redis_client import connect
-    from features.redis_layout import MemberStore, StoredMember
+    from infra.redis_client import connect
+    from infra.redis_layout import MemberStore, StoredMember
 
     client = connect(settings.redis_url, cluster=False, timeout_ms=2000)
     try:
@@ -576,8 +576,8 @@ def _write_catalog(path: Path, n: int) -> None:
 @contextlib.contextmanager
 def started_stack(base_settings: Any, opts: Options, workdir: Path) -> Iterator[Stack]:
     """Embedded Redis + broker, a trained and promoted model, the member population in Redis."""
-    from benefits import stack as st
-    from benefits.embedded import create_topics
+    from harness import stack as st
+    from harness.embedded import create_topics
 
     # Always private infrastructure: a load test must never write into a Redis it did not start.
     settings = base_settings.model_copy(
@@ -607,7 +607,7 @@ def started_stack(base_settings: Any, opts: Options, workdir: Path) -> Iterator[
 
 def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
     """(Re)start ``workers`` API processes serving a catalog of ``offers``; return their base URLs."""
-    from benefits import stack as st
+    from harness import stack as st
 
     stack.stop_apis()
     seed = stack.workdir / f"catalog-{offers}.json"

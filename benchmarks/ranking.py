@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import machine_info, synthetic_booster, write_result
-from benefits.embedded import start_redis
 from features import events as ev
 from features.demo_catalog import demo_catalog
 from features.events import PAGE_TYPES, TIERS
 from features.offers import CATEGORIES
 from features.projection import DEVICES, FEATURE_NAMES, FEATURE_SCHEMA, Context, rows
-from features.redis_client import connect
-from features.redis_layout import MemberStore, RedisLayout, StoredMember
 from features.state import MemberState, apply, new_state
+from harness.embedded import start_redis
+from infra.redis_client import connect
+from infra.redis_layout import MemberStore, RedisLayout, StoredMember
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot
 from service.metrics import Metrics
 from service.model import ModelHolder, load_model

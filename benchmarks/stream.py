@@ -15,7 +15,7 @@ Two measurements, each against its own embedded Redis and broker started here:
 
 3. **Real data**: The Complete Journey (all 2,469 households, 155,848 baskets by default) replayed as
    order events through a worker; the summary records whether the stored state equals the offline
-   fold for every household (``features.replay_cj.full_check``).
+   fold for every household (``harness.replay_cj.full_check``).
 
 Prints the JSON summary as the last line and writes ``benchmarks/results/stream.json``.
 """
@@ -36,11 +36,11 @@ import msgspec
 import psutil
 
 from benchmarks._common import machine_info, write_result
-from benefits.embedded import Service, create_topics, free_port, start_broker, start_redis
 from features import events as ev
-from features import stream_harness as h
-from features.replay_cj import full_check
-from features.stream import FRESHNESS_BUCKETS
+from harness import stream_driver as h
+from harness.embedded import Service, create_topics, free_port, start_broker, start_redis
+from harness.replay_cj import full_check
+from stream.worker import FRESHNESS_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def freshness(redis: Service, broker: Service, rate: float, seconds: float, work
         if delta[-1]
         else None,
         "worker_cpu_share": round(cpu / seconds, 3),
-        "method": "worker histogram deltas, linear interpolation within buckets (bounds in features.stream)",
+        "method": "worker histogram deltas, linear interpolation within buckets (bounds in stream.worker)",
     }
 
 

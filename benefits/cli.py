@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from benefits.logs import configure_logging
-from benefits.settings import Settings
+from infra.logs import configure_logging
+from infra.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -36,15 +36,31 @@ def demo(
 @app.command()
 def serve() -> None:
     """Run the recommend API (uvicorn) against BENEFITS_REDIS_URL / BENEFITS_KAFKA_BOOTSTRAP."""
+    import contextlib
+    import logging
+
     from service.app import serve as run
 
-    run(_settings())
+    settings = _settings()
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:
+            if settings.environment == "prod":
+                raise typer.BadParameter("environment=prod needs BENEFITS_REDIS_URL")
+            from harness.embedded import start_redis
+
+            svc = start_redis()
+            stack.callback(svc.stop)
+            logging.getLogger(__name__).warning(
+                "no BENEFITS_REDIS_URL: started an embedded Redis at %s", svc.url
+            )
+            settings = settings.model_copy(update={"redis_url": svc.url})
+        run(settings)
 
 
 @app.command()
 def worker() -> None:
     """Run a stream worker: fold member-events into member state in Redis."""
-    from features.stream import run_worker
+    from stream.worker import run_worker
 
     settings = _settings()
     run_worker(settings, engine=settings.worker_engine)
@@ -83,7 +99,7 @@ def train(
 @app.command()
 def promote(version: Annotated[str, typer.Argument(help="Model version in the registry.")]) -> None:
     """Make VERSION the served model; API replicas hot-swap it within a poll interval."""
-    from benefits.registry import Registry, RegistryError
+    from infra.registry import Registry, RegistryError
 
     settings = _settings()
     try:
@@ -97,7 +113,7 @@ def promote(version: Annotated[str, typer.Argument(help="Model version in the re
 @app.command()
 def rollback() -> None:
     """Promote the previously promoted model version."""
-    from benefits.registry import Registry, RegistryError
+    from infra.registry import Registry, RegistryError
 
     settings = _settings()
     try:
@@ -111,7 +127,7 @@ def rollback() -> None:
 @app.command()
 def models() -> None:
     """List model versions in the registry and which one is promoted."""
-    from benefits.registry import Registry
+    from infra.registry import Registry
 
     settings = _settings()
     reg = Registry(settings.registry_dir)
@@ -221,7 +237,7 @@ def reliability(
 ) -> None:
     """Faults, overload, bad input and security against real processes; writes docs/reliability.md.
     Exit 1 when any check fails."""
-    from benefits.reliability import SCENARIOS, run
+    from harness.reliability import SCENARIOS, run
 
     _settings()
     names = [n.strip() for n in only.split(",")] if only else None

@@ -24,12 +24,12 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
-from benefits import stack
-from benefits.embedded import create_topics
-from benefits.registry import Registry
-from benefits.settings import Settings
 from features import events as ev
-from features.redis_layout import MemberStore
+from harness import stack
+from harness.embedded import create_topics
+from infra.redis_layout import MemberStore
+from infra.registry import Registry
+from infra.settings import Settings
 
 console = Console()
 

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
-from benefits.registry import RegistryError
 from features.offers import Offer
 from features.projection import Context
+from infra.registry import RegistryError
 from service.deps import FeedbackDep, RecommenderDep, ResourcesDep, require_admin, require_storefront
 from service.errors import Conflict, Invalid, ModelRefused, NotFound, Unavailable
 from service.metrics import CONTENT_TYPE

@@ -22,10 +22,10 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from benefits.registry import Registry
-from benefits.settings import Settings
-from features.redis_client import AnyRedis, connect
-from features.redis_layout import MemberStore
+from infra.redis_client import AnyRedis, connect
+from infra.redis_layout import MemberStore
+from infra.registry import Registry
+from infra.settings import Settings
 from service import api
 from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
@@ -154,7 +154,6 @@ def create_app(settings: Settings) -> FastAPI:
         await _initial_catalog(res)
         _update_gauges(res, counted)
         publisher.start()
-        _tune_gc()
 
         async def poll_models() -> None:
             await asyncio.to_thread(models.refresh)
@@ -239,28 +238,32 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Run one uvicorn process (uvloop + httptools). Starts an embedded Redis when none is configured
-    (dev and test only)."""
+    """Run one uvicorn process (uvloop + httptools) against ``settings.redis_url``.
+
+    Process-wide tuning belongs here, not in :func:`create_app`: an app built inside a test or a
+    benchmark must not freeze its host process's garbage collector.
+    """
     import uvicorn
 
-    from benefits.embedded import start_redis
+    if settings.redis_url is None:
+        raise ValueError("redis_url is required (the CLI starts an embedded Redis in dev when it is unset)")
+    app = create_app(settings)
 
-    with contextlib.ExitStack() as stack:
-        if settings.redis_url is None:
-            if settings.environment == "prod":
-                raise ValueError("environment=prod needs BENEFITS_REDIS_URL")
-            svc = start_redis()
-            stack.callback(svc.stop)
-            log.warning("no BENEFITS_REDIS_URL: started an embedded Redis at %s", svc.url)
-            settings = settings.model_copy(update={"redis_url": svc.url})
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,  # one structured line per recommend request instead (service.requests)
-            log_config=None,  # logging is configured by the entry point (benefits.cli)
-            workers=1,
-        )
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # After the lifespan has loaded the catalogue and model: freeze what start-up allocated.
+            _tune_gc()
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # one structured line per recommend request instead (service.requests)
+        log_config=None,  # logging is configured by the entry point (benefits.cli)
+        workers=1,
+    )
+    _Server(config).run()

@@ -28,8 +28,8 @@ from features.eligibility import EligibilityTable
 from features.offer_stats import OfferCounters, merge_all
 from features.offers import Offer
 from features.projection import OfferTable
-from features.redis_client import AnyRedis
-from features.redis_layout import MemberStore, RedisLayout
+from infra.redis_client import AnyRedis
+from infra.redis_layout import MemberStore, RedisLayout
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from benefits.registry import Registry
-from benefits.settings import Settings
-from features.redis_client import AnyRedis
+from infra.redis_client import AnyRedis
+from infra.registry import Registry
+from infra.settings import Settings
 from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore
 from service.feedback import FeedbackService

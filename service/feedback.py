@@ -26,7 +26,7 @@ from typing import Literal
 from redis.exceptions import RedisError
 
 from features import events as ev
-from features.redis_layout import MemberStore
+from infra.redis_layout import MemberStore
 from service.catalog import CatalogHolder
 from service.errors import Conflict, NotFound, Unavailable
 from service.metrics import Metrics

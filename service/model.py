@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benefits.registry import Registry, RegistryError
 from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from infra.registry import Registry, RegistryError
 from service.errors import ModelRefused
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from features.projection import Context
-from features.redis_layout import MemberStore, decode_member
 from features.state import MemberState, new_state
+from infra.redis_layout import MemberStore, decode_member
 from service.catalog import CatalogHolder
 from service.metrics import Metrics
 from service.model import ModelHolder
@@ -261,7 +261,7 @@ class Recommender:
             m.deadline_exceeded.inc()
         if request_log.isEnabledFor(logging.INFO):
             items = body["offers"]
-            # One structured line per request; benefits.logs.JsonFormatter merges "fields" into it.
+            # One structured line per request; infra.logs.JsonFormatter merges "fields" into it.
             request_log.info(
                 "recommend",
                 extra={

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from benefits.embedded import Service, create_topics, start_broker, start_redis
+from harness.embedded import Service, create_topics, start_broker, start_redis
 
 
 @pytest.fixture(scope="session")

@@ -32,9 +32,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from benefits.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, FEATURE_SCHEMA_VERSION, N_FEATURES
+from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 

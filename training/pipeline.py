@@ -48,12 +48,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benefits.registry import Registry
 from features.demo_catalog import demo_catalog
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from features.events import Event
 from features.offers import Offer
 from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, FEATURE_SCHEMA_VERSION, N_FEATURES
+from infra.registry import Registry
 from training import dataset, evaluate, export, report, train
 from training.simulate import load_catalog
 

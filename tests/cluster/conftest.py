@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from benefits.embedded import ClusterService, Service, start_redis_cluster
+from harness.embedded import ClusterService, Service, start_redis_cluster
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The store contract, run on a single Redis and on a Redis Cluster (see conftest): what the worker and
-the API rely on must behave the same on both, with the client built by ``features.redis_client``.
+the API rely on must behave the same on both, with the client built by ``infra.redis_client``.
 
 Checks that matter on a cluster: pipelines whose keys span slots (non-transactional), the inventory
 Lua script (one key), erasure and offer-stat listing that must see keys on every master, and a TTL on
@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from features.offer_stats import OfferCounters
-from features.redis_client import connect, open_client
-from features.redis_layout import MemberStore, RedisLayout, StoredMember, StoredOfferStats
 from features.state import new_state
+from infra.redis_client import connect, open_client
+from infra.redis_layout import MemberStore, RedisLayout, StoredMember, StoredOfferStats
 from tests.cluster.conftest import Backend
 
 pytestmark = pytest.mark.integration

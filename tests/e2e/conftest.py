@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benefits.registry import Registry
-from benefits.settings import Settings
+from infra.registry import Registry
+from infra.settings import Settings
 
 # The single-Redis / Redis-Cluster ``backend`` fixture: the end-to-end test runs on both stores.
 from tests.cluster.conftest import backend, redis_cluster  # noqa: F401

@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benefits import stack
 from benefits.demo import _publish
-from benefits.embedded import Service
-from benefits.settings import Settings
 from features import events as ev
-from features.redis_client import open_client
-from features.redis_layout import MemberStore, StoredMember
 from features.state import fold
+from harness import stack
+from harness.embedded import Service
+from infra.redis_client import open_client
+from infra.redis_layout import MemberStore, StoredMember
+from infra.settings import Settings
 from tests.cluster.conftest import Backend
 from tests.core.test_fold import assert_states_equal
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benefits import stack
-from benefits.embedded import Service, free_port
-from benefits.registry import Registry
-from benefits.settings import Settings
+from harness import stack
+from harness.embedded import Service, free_port
+from infra.registry import Registry
+from infra.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from benefits import reliability as rel
-from benefits.settings import Settings
+from harness import reliability as rel
+from infra.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from benefits import reliability as rel
+from harness import reliability as rel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

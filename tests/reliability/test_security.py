@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from benefits import reliability as rel
-from benefits.embedded import Service
+from harness import reliability as rel
+from harness.embedded import Service
 from service.app import create_app
 from service.deps import require_admin, require_storefront
 from tests.service.conftest import ADMIN, SF, make_settings, running

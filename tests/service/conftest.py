@@ -22,10 +22,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from benefits.embedded import Service, free_port
-from benefits.registry import METADATA_FILE, MODEL_FILE, Registry
-from benefits.settings import Settings
 from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from harness.embedded import Service, free_port
+from infra.registry import METADATA_FILE, MODEL_FILE, Registry
+from infra.settings import Settings
 from service.app import create_app
 
 STOREFRONT_KEY = "test-storefront-key-0001"

@@ -9,10 +9,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from benefits.settings import Settings
 from features import events as ev
-from features.redis_layout import MemberStore, StoredMember
 from features.state import new_state
+from infra.redis_layout import MemberStore, StoredMember
+from infra.settings import Settings
 from service.app import create_app
 from tests.service.conftest import ADMIN, SF, running
 

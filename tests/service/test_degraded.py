@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
-from benefits.embedded import free_port, start_redis
-from benefits.registry import Registry
-from benefits.settings import Settings
+from harness.embedded import free_port, start_redis
+from infra.registry import Registry
+from infra.settings import Settings
 from service.app import create_app
 from tests.service.conftest import SF, live_server, make_settings, running
 

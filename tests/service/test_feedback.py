@@ -11,11 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from benefits.embedded import Service, free_port
-from benefits.settings import Settings
 from features import events as ev
-from features.redis_layout import MemberStore, StoredMember
 from features.state import new_state
+from harness.embedded import Service, free_port
+from infra.redis_layout import MemberStore, StoredMember
+from infra.settings import Settings
 from service.app import create_app
 from tests.service.conftest import ADMIN, SF, live_server, running, wait_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benefits.registry import Registry
-from benefits.settings import Settings
+from infra.registry import Registry
+from infra.settings import Settings
 from service.app import create_app
 from service.errors import ModelRefused
 from service.model import ModelHolder, load_model

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benefits.registry import Registry
 from features import events as ev
 from features.eligibility import RULES
 from features.offer_stats import OfferCounters
 from features.offers import Caps, Eligibility, Offer
 from features.projection import Context
 from features.state import MemberState, OfferInteraction, apply, new_state
+from infra.registry import Registry
 from service.catalog import build_snapshot
 from service.model import LoadedModel, ModelHolder
 from service.ranking import EXCLUSION_SENTENCES, Mode, Policy, rank

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from benefits.embedded import Service, free_port
 from features.state import MemberState
-from features.stream_harness import WorkerConfig
+from harness.embedded import Service, free_port
+from harness.stream_driver import WorkerConfig
 
 # The single-Redis / Redis-Cluster ``backend`` fixture of the store contract suite, for the batch path.
 from tests.cluster.conftest import backend, redis_cluster  # noqa: F401

@@ -10,11 +10,11 @@ import zlib
 
 import pytest
 
-from features import stream_harness as h
-from features.redis_client import open_client
-from features.redis_layout import MemberStore, RedisLayout, StoredMember, StoredOfferStats
 from features.state import new_state
-from features.stream import BatchProcessor, RawRecord, StreamMetrics
+from harness import stream_driver as h
+from infra.redis_client import open_client
+from infra.redis_layout import MemberStore, RedisLayout, StoredMember, StoredOfferStats
+from stream.worker import BatchProcessor, RawRecord, StreamMetrics
 from tests.cluster.conftest import Backend
 from tests.cluster.test_store_contract import node_keys
 

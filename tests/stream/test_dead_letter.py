@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from features import events as ev
-from features import stream_harness as h
-from features.stream import decode_dead_letter
+from harness import stream_driver as h
+from stream.worker import decode_dead_letter
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from benefits.embedded import Service
 from features import events as ev
-from features.redis_layout import MemberStore, RedisLayout, StoredMember
 from features.state import fold
-from features.stream import BatchProcessor, RawRecord, StreamMetrics
+from harness.embedded import Service
+from infra.redis_layout import MemberStore, RedisLayout, StoredMember
+from stream.worker import BatchProcessor, RawRecord, StreamMetrics
 from tests.core.test_fold import assert_states_equal
 
 pytestmark = pytest.mark.integration

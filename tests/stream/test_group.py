@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from benefits.embedded import free_port
-from features import stream_harness as h
+from harness import stream_driver as h
+from harness.embedded import free_port
 from tests.stream.conftest import state_diff
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

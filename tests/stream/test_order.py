@@ -15,7 +15,7 @@ import pytest
 
 from features import events as ev
 from features.offer_stats import apply_offer_event
-from features.stream_harness import offline_fold, synthetic_events
+from harness.stream_driver import offline_fold, synthetic_events
 
 
 def _close(a: Any, b: Any, path: str = "") -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from features import stream_harness as h
+from harness import stream_driver as h
 from tests.stream.conftest import state_diff
 
 pytestmark = pytest.mark.integration

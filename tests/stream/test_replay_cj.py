@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benefits.embedded import Service
-from features import replay_cj
 from features.offers import CATEGORIES
+from harness import replay_cj
+from harness.embedded import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

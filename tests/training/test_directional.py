@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from benefits.registry import MODEL_FILE
 from features import events as ev
 from features.decay import HOUR
 from features.projection import Context, OfferTable, rows
 from features.state import apply, new_state
+from infra.registry import MODEL_FILE
 from training import export, pipeline
 from training.simulate import DEFAULT_START_TS, load_catalog
 

@@ -11,9 +11,9 @@ import onnx
 import pandas as pd
 import pytest
 
-from benefits.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
-from benefits.settings import Settings
 from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
+from infra.settings import Settings
 from training import dataset, export, pipeline
 from training.simulate import load_catalog
 

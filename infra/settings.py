@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from features.redis_layout import RedisLayout
+from infra.redis_layout import RedisLayout
 
 _DEV_KEYS = {"dev-storefront-key", "dev-admin-key"}
 

@@ -66,12 +66,12 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from benefits.settings import Settings
 from features import events as ev
 from features.offer_stats import apply_offer_event
-from features.redis_client import connect, open_client
-from features.redis_layout import MemberStore, StoredMember, StoredOfferStats
 from features.state import apply, new_state
+from infra.redis_client import connect, open_client
+from infra.redis_layout import MemberStore, StoredMember, StoredOfferStats
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from features import events as ev
-from features import stream_harness as h
 from features.cj_categories import product_categories
+from harness import stream_driver as h
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def replay_and_check(
     Returns a report; ``report["parity"]`` is True when every member's stored state equals the offline
     fold field for field.
     """
-    from benefits.embedded import create_topics, free_port
+    from harness.embedded import create_topics, free_port
 
     tag = uuid.uuid4().hex[:8]
     cfg = h.WorkerConfig(
@@ -165,7 +165,7 @@ def replay_and_check(
 def full_check(households: int | None = None, max_baskets_per_household: int | None = None) -> dict[str, Any]:
     """The whole dataset (default: all 2,469 households, all 155,848 baskets) through an embedded broker,
     Redis and worker started and stopped here. Takes a minute or so on two cores."""
-    from benefits.embedded import start_broker, start_redis
+    from harness.embedded import start_broker, start_redis
 
     t0 = time.perf_counter()
     orders = load_orders(households, max_baskets_per_household)

@@ -22,11 +22,11 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aioredis
 
-from benefits.embedded import stop_process
 from features import events as ev
 from features.offer_stats import OfferCounters, apply_offer_event, merge_all
-from features.redis_layout import MemberStore, RedisLayout, StoredMember
 from features.state import MemberState, apply, new_state
+from harness.embedded import stop_process
+from infra.redis_layout import MemberStore, RedisLayout, StoredMember
 
 #: Event-type mix of the synthetic stream (roughly what a storefront sends).
 _MIX: tuple[tuple[str, float], ...] = (
@@ -291,7 +291,7 @@ def start_worker(cfg: WorkerConfig, log_path: Path | None = None) -> subprocess.
         argv = [sys.executable, "-m", "benefits.cli", "worker"]
     else:
         code = (
-            "import logging; from benefits.settings import Settings; from features.stream import run_worker; "
+            "import logging; from infra.settings import Settings; from stream.worker import run_worker; "
             f"s = Settings(); logging.basicConfig(level=s.log_level); run_worker(s, engine={cfg.engine!r})"
         )
         argv = [sys.executable, "-c", code]

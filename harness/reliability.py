@@ -1,7 +1,7 @@
 """Reliability and security checks against real processes: ``benefits reliability`` (``make reliability``).
 
 Every scenario starts its own parts (embedded Redis and broker on free loopback ports, ``benefits serve``
-and ``benefits worker`` as child processes via :mod:`benefits.stack`), drives them with a small bounded
+and ``benefits worker`` as child processes via :mod:`harness.stack`), drives them with a small bounded
 asyncio HTTP/1.1 load generator (:class:`Load`; Locust stays with the load test), breaks something and
 measures what the clients saw. The runner writes ``docs/reliability.md``; ``tests/reliability`` runs the
 same scenario functions with short durations.
@@ -54,10 +54,10 @@ from typing import Any
 import httpx
 import orjson
 
-from benefits import stack as st
-from benefits.embedded import Service, create_topics, free_port, start_broker, start_redis
-from benefits.registry import METADATA_FILE, MODEL_FILE, Registry
-from benefits.settings import Settings
+from harness import stack as st
+from harness.embedded import Service, create_topics, free_port, start_broker, start_redis
+from infra.registry import METADATA_FILE, MODEL_FILE, Registry
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ def simulate_members(member_ids: Sequence[str], seed: int = 3) -> list[Any]:
 
 def write_members(settings: Settings, member_ids: Sequence[str], states: Sequence[Any] | None = None) -> None:
     """Write member states the way the worker writes them (simulated ones unless ``states`` is given)."""
-    from features.redis_client import connect
-    from features.redis_layout import MemberStore, StoredMember
+    from infra.redis_client import connect
+    from infra.redis_layout import MemberStore, StoredMember
 
     if states is None:
         states = simulate_members(member_ids)
@@ -726,7 +726,7 @@ def redis_kill(
 
 
 async def _topic_event_ids(bootstrap: str, topic: str, expected: int, timeout_s: float) -> set[str]:
-    from features import stream_harness as h
+    from harness import stream_driver as h
 
     ids: set[str] = set()
     for raw in await h.consume_all(bootstrap, topic, expected, timeout_s=timeout_s):
@@ -736,7 +736,7 @@ async def _topic_event_ids(bootstrap: str, topic: str, expected: int, timeout_s:
 
 
 def _folded(settings: Settings, member_ids: Sequence[str]) -> int:
-    from features import stream_harness as h
+    from harness import stream_driver as h
 
     assert settings.redis_url is not None
     return int(_run(h.events_folded(settings.redis_url, settings.redis_prefix, member_ids)))
@@ -882,7 +882,7 @@ def worker_kill(
 ) -> Outcome:
     """SIGKILL the worker mid-stream ``kills`` times (the stream tests' harness), a clean worker drains
     the rest; the stored state must equal one offline pass. Recommend load runs against the same Redis."""
-    from features import stream_harness as h
+    from harness import stream_driver as h
 
     out = Outcome(
         "Worker SIGKILL",
@@ -980,7 +980,7 @@ def worker_kill(
     )
     out.notes.append(
         "tests/stream/test_recovery.py covers four kill points in depth; this run reuses its harness "
-        "(features.stream_harness) under recommend load."
+        "(harness.stream_driver) under recommend load."
     )
     return out
 

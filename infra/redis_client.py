@@ -3,7 +3,7 @@
 Same code, two deployments: ``cluster=False`` gives a plain ``redis.asyncio.Redis`` (one server, or a
 proxy in front of many); ``cluster=True`` gives a ``redis.asyncio.RedisCluster`` that reads the slot
 map from the node named in ``url`` and talks to every master directly. :class:`MemberStore
-<features.redis_layout.MemberStore>` works unchanged on both because the layout keeps each member in
+<infra.redis_layout.MemberStore>` works unchanged on both because the layout keeps each member in
 one hash slot (``{member_id}`` tag) and never uses a cross-slot transaction (tested in
 ``tests/cluster/``).
 

@@ -22,8 +22,8 @@ from typing import IO, Any
 import httpx
 from pydantic import SecretStr
 
-from benefits.embedded import Service, free_port, start_broker, start_redis, stop_process
-from benefits.settings import Settings
+from harness.embedded import Service, free_port, start_broker, start_redis, stop_process
+from infra.settings import Settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
