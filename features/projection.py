@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -312,8 +311,3 @@ def rows(state: MemberState, table: OfferTable, context: Context, now: float) ->
     out[:, _X + 4] = DEVICES.index(context.device) if context.device in DEVICES else len(DEVICES) - 1
     out[:, _X + 5] = CHANNELS.index(context.channel) if context.channel in CHANNELS else 0
     return out
-
-
-def subset(table: OfferTable, mask: Sequence[bool] | np.ndarray) -> np.ndarray:
-    """Indices of the offers selected by a boolean mask (helper for eligibility-filtered scoring)."""
-    return np.flatnonzero(np.asarray(mask))

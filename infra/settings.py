@@ -65,7 +65,6 @@ class Settings(BaseSettings):
     max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 32
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
-    max_candidates: Annotated[int, Field(ge=1, le=5000)] = 1000
     storefront_api_keys: list[SecretStr] = [SecretStr("dev-storefront-key")]
     admin_api_keys: list[SecretStr] = [SecretStr("dev-admin-key")]
     member_hash_salt: SecretStr = SecretStr("dev-salt")

@@ -15,7 +15,7 @@ from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
 from service.deps import FeedbackDep, RecommenderDep, ResourcesDep, require_admin, require_storefront
-from service.errors import Conflict, Invalid, ModelRefused, NotFound, Unavailable
+from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.metrics import CONTENT_TYPE
 from service.recommend import RecommendQuery
 from service.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, MemberId, RecommendRequest
@@ -75,20 +75,15 @@ async def erase_member(member_id: MemberId, fb: FeedbackDep) -> dict[str, object
 
 
 async def _write_offer(res: ResourcesDep, offer: Offer) -> int:
-    try:
-        version = await res.catalog_store.put(offer)
-        await res.catalog.refresh()  # this replica sees it at once; the others within a poll interval
-    except (RedisError, OSError):
-        raise Unavailable("catalog store unreachable; the offer was not saved") from None
+    # A store error here is a 503 by the app's one store-error handler (service.app).
+    version = await res.catalog_store.put(offer)
+    await res.catalog.refresh()  # this replica sees it at once; the others within a poll interval
     return version
 
 
 @admin.get("/v1/admin/offers")
 async def list_offers(res: ResourcesDep) -> Response:
-    try:
-        version, offers = await res.catalog_store.read_all()
-    except (RedisError, OSError):
-        raise Unavailable("catalog store unreachable") from None
+    version, offers = await res.catalog_store.read_all()
     offers.sort(key=lambda o: o.offer_id)
     return _json({"catalog_version": version, "offers": [o.model_dump(mode="json") for o in offers]})
 

@@ -197,6 +197,19 @@ def create_app(settings: Settings) -> FastAPI:
             media_type="application/json",
         )
 
+    @app.exception_handler(RedisError)
+    @app.exception_handler(TimeoutError)
+    async def _store_error(request: Request, exc: Exception) -> Response:
+        # The one mapping of store failures for every route: a dependency is down, not a bug (503, no
+        # traceback). Routes that degrade instead (recommend) catch their own errors before this.
+        log.warning("store error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return Response(
+            orjson.dumps({"error": "unavailable", "message": "a store is unreachable; retry"}),
+            status_code=503,
+            media_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Framework-raised errors in the service's one error shape. A body that is not even text

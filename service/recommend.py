@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from features.projection import Context
 from features.state import MemberState, new_state
 from infra.redis_layout import MemberStore, decode_member
-from service.catalog import CatalogHolder
+from service.catalog import CatalogHolder, CatalogSnapshot
 from service.metrics import Metrics
 from service.model import ModelHolder
 from service.ranking import Mode, Policy, Ranking, rank
@@ -92,6 +92,32 @@ def member_hash(salt: bytes, member_id: str) -> str:
     return hmac.new(salt, member_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+def response_body(
+    request_id: str,
+    model_version: str | None,
+    mode: Mode,
+    cause: str | None,
+    snap: CatalogSnapshot | None,
+    ranking: Ranking | None,
+    explain: bool,
+) -> dict[str, Any]:
+    """The one builder of a recommend answer (``service.schemas.RecommendResponse`` documents it)."""
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "model_version": model_version,
+        "mode": mode.value,
+        "degraded": cause is not None,
+        "degraded_cause": cause,
+        "catalog_version": snap.version if snap is not None else None,
+        "candidates": ranking.candidates if ranking else 0,
+        "eligible": ranking.eligible if ranking else 0,
+        "offers": [it.as_dict() for it in ranking.items] if ranking else [],
+    }
+    if explain:
+        body["excluded"] = ranking.excluded if ranking else []
+    return body
+
+
 class Recommender:
     def __init__(
         self,
@@ -140,17 +166,7 @@ class Recommender:
                 model=None, mode=Mode.FALLBACK, policy=self.policy,
             )  # fmt: skip
         body = orjson.dumps(
-            {
-                "request_id": "shed",
-                "model_version": None,
-                "mode": Mode.FALLBACK.value,
-                "degraded": True,
-                "degraded_cause": "overloaded",
-                "catalog_version": snap.version if snap is not None else None,
-                "candidates": ranking.candidates if ranking else 0,
-                "eligible": ranking.eligible if ranking else 0,
-                "offers": [it.as_dict() for it in ranking.items] if ranking else [],
-            }
+            response_body("shed", None, Mode.FALLBACK, "overloaded", snap, ranking, explain=False)
         )
         self._shed = (key, body)
         return body
@@ -224,19 +240,7 @@ class Recommender:
             model.version if model is not None and mode in (Mode.PERSONALISED, Mode.COLD_START) else None
         )
 
-        body: dict[str, Any] = {
-            "request_id": request_id,
-            "model_version": version,
-            "mode": mode.value,
-            "degraded": cause is not None,
-            "degraded_cause": cause,
-            "catalog_version": snap.version if snap is not None else None,
-            "candidates": ranking.candidates if ranking else 0,
-            "eligible": ranking.eligible if ranking else 0,
-            "offers": [it.as_dict() for it in ranking.items] if ranking else [],
-        }
-        if q.explain:
-            body["excluded"] = ranking.excluded if ranking else []
+        body = response_body(request_id, version, mode, cause, snap, ranking, explain=q.explain)
         self._account(q, body, ranking, read_ms, total_ms)
         return body
 
