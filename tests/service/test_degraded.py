@@ -72,3 +72,24 @@ async def test_no_model_answers_non_personalised(redis_server: object, tmp_path:
         assert body["degraded"] and body["degraded_cause"] == "no_model" and body["model_version"] is None
         assert len(body["offers"]) == 5
         assert (await c.get("/readyz")).status_code == 503
+
+
+def test_redis_down_admin_routes_answer_503_not_500(registry: Registry, unique: str) -> None:
+    """Every route that touches a store maps its failure to one 503 shape (service.app), none a 500."""
+    from tests.service.conftest import ADMIN
+
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(closed, registry.root, unique)
+    offer = {"offer_id": "c-down", "kind": "coupon", "subtype": "threshold", "title": "t", "value": 5.0}
+    with live_server(settings) as base, httpx.Client(base_url=base, timeout=5.0) as c:
+        calls = [
+            c.get("/v1/admin/offers", headers=ADMIN),
+            c.get("/v1/admin/offers/c-down", headers=ADMIN),
+            c.post("/v1/admin/offers", json=offer, headers=ADMIN),
+            c.put("/v1/admin/offers/c-down", json=offer, headers=ADMIN),
+            c.delete("/v1/admin/offers/c-down", headers=ADMIN),
+        ]
+        for r in calls:
+            assert r.status_code == 503, (r.request.method, r.request.url.path, r.status_code, r.text)
+            assert r.json()["error"] == "unavailable"
+            assert "Traceback" not in r.text
