@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import tempfile
@@ -39,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, synthetic_booster, write_result
-from benchmarks.ranking import random_context, simulate_member
+from benchmarks._common import machine_info, write_result
 from features.demo_catalog import demo_catalog
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, rows
+from features.projection import rows
+from harness.members import random_context, simulate_member
+from harness.testmodel import served_onnx, synthetic_booster
 from service.catalog import build_snapshot
 
 ROW_COUNTS = (50, 200, 500)
@@ -103,10 +103,8 @@ def engines(
 ) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], dict[str, str]]:
     """The scoring functions available here, and why any are missing."""
     from service.model import load_model
-    from training.export import set_metadata, to_onnx
 
-    model = to_onnx(booster)
-    set_metadata(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
+    model = served_onnx(booster)
     onnx_path = workdir / "model.onnx"
     onnx_path.write_bytes(model.SerializeToString())
     served = load_model(onnx_path, "bench")

@@ -20,7 +20,6 @@ Prints the JSON summary as the last line and writes ``benchmarks/results/ranking
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
@@ -30,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine_info, synthetic_booster, write_result
-from features import events as ev
+from benchmarks._common import machine_info, write_result
 from features.demo_catalog import demo_catalog
-from features.events import PAGE_TYPES, TIERS
-from features.offers import CATEGORIES
-from features.projection import DEVICES, FEATURE_NAMES, FEATURE_SCHEMA, Context, rows
-from features.state import MemberState, apply, new_state
+from features.projection import rows
+from features.state import MemberState
 from harness.embedded import start_redis
+from harness.members import put_states, random_context, simulate_member
+from harness.testmodel import served_onnx, synthetic_booster
 from infra.redis_client import connect
-from infra.redis_layout import MemberStore, RedisLayout, StoredMember
+from infra.redis_layout import MemberStore, RedisLayout
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot
 from service.metrics import Metrics
 from service.model import ModelHolder, load_model
@@ -48,98 +46,16 @@ from service.recommend import Recommender, RecommendQuery
 
 CANDIDATES = (50, 200, 500)
 TARGET_200 = {"p50_ms": 1.0, "p99_ms": 2.0}
-_SHOP = [c for c in CATEGORIES if c != "other"]
-
-
-def simulate_member(member_id: str, now: float, rng: np.random.Generator) -> MemberState:
-    """A member folded from a random 30-day history (browsing, carts, orders, coupons, impressions)."""
-    s = new_state(member_id)
-    favs = rng.choice(_SHOP, size=int(rng.integers(1, 4)), replace=False).tolist()
-    n = int(rng.integers(5, 120))
-    ts = np.sort(now - rng.exponential(7 * 86400, size=n).clip(0, 30 * 86400)).tolist()
-    first = ts[0]
-    k = 0
-
-    def eid() -> str:
-        nonlocal k
-        k += 1
-        return f"{member_id}-{k}"
-
-    tier = TIERS[int(rng.choice(len(TIERS), p=[0.5, 0.3, 0.15, 0.05]))]
-    apply(s, ev.TierChanged(event_id=eid(), member_id=member_id, event_ts=first, tier=tier))  # type: ignore[arg-type]
-    joined = now - float(rng.uniform(0, 900)) * 86400
-    month = int(rng.integers(1, 13))
-    apply(
-        s,
-        ev.ProfileUpdated(
-            event_id=eid(), member_id=member_id, event_ts=first, birth_month=month, joined_ts=joined
-        ),
-    )
-    if rng.random() < 0.2:
-        apply(s, ev.PaidMembershipStarted(event_id=eid(), member_id=member_id, event_ts=first))
-    for t in ts:
-        cat = (
-            favs[int(rng.integers(len(favs)))] if rng.random() < 0.7 else _SHOP[int(rng.integers(len(_SHOP)))]
-        )
-        r = rng.random()
-        if r < 0.55:
-            apply(
-                s,
-                ev.PageView(
-                    event_id=eid(), member_id=member_id, event_ts=t, page_type="category", category=cat
-                ),
-            )
-        elif r < 0.65:
-            apply(s, ev.Search(event_id=eid(), member_id=member_id, event_ts=t, category=cat))
-        elif r < 0.75:
-            apply(s, ev.AddToCart(event_id=eid(), member_id=member_id, event_ts=t, category=cat, amount=40.0))
-        elif r < 0.82:
-            amount = float(rng.gamma(2.0, 60.0))
-            coupon = eid() if rng.random() < 0.3 else None
-            order = ev.Order(
-                event_id=eid(),
-                member_id=member_id,
-                event_ts=t,
-                amount=amount,
-                categories=[cat],
-                coupon_id=coupon,
-            )
-            apply(s, order)
-        elif r < 0.95:
-            oid = f"coupon-{cat}-threshold-{int(rng.integers(0, 200)):03d}"
-            apply(
-                s,
-                ev.Impression(event_id=eid(), member_id=member_id, event_ts=t, request_id="r", offer_id=oid),
-            )
-        else:
-            oid = f"coupon-{cat}-limited-{int(rng.integers(0, 200)):03d}"
-            apply(s, ev.CouponClaim(event_id=eid(), member_id=member_id, event_ts=t, offer_id=oid))
-    return s
-
-
-def random_context(rng: np.random.Generator) -> Context:
-    page = str(rng.choice(PAGE_TYPES))
-    return Context(
-        page_type=page,
-        category=str(rng.choice(_SHOP)) if page in ("category", "product") else None,
-        device=str(rng.choice(DEVICES)),
-        channel="app",
-    )
 
 
 def train_model(states: list[MemberState], now: float, trees: int, rng: np.random.Generator) -> bytes:
-
-    from training.export import set_metadata, to_onnx
-
     table = build_snapshot(1, demo_catalog(now - 86400, 200), now).table
     blocks = []
     for s in states[:400]:
         x = rows(s, table, random_context(rng), now)
         blocks.append(x[rng.choice(len(x), size=40, replace=False)])
     booster = synthetic_booster(np.vstack(blocks), rng, trees)
-    model = to_onnx(booster)
-    set_metadata(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
-    return model.SerializeToString()
+    return bytes(served_onnx(booster).SerializeToString())
 
 
 class RecordingMetrics(Metrics):
@@ -168,8 +84,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         states = [simulate_member(f"bm-{i}", now, rng) for i in range(args.members)]
         store = MemberStore(client, layout)
-        for i in range(0, len(states), 500):
-            await store.put_members(StoredMember(state=s) for s in states[i : i + 500])
+        await put_states(store, states)
         sim_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
