@@ -7,36 +7,14 @@ Every ``python -m benchmarks.NAME`` prints its JSON summary as the last line of 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
+from harness.machine import machine_info
+
+__all__ = ["RESULTS_DIR", "machine_info", "write_result"]
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core counts and Python version of this machine."""
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def write_result(name: str, summary: dict[str, Any]) -> Path:

@@ -3,7 +3,7 @@
 One run:
 
 1. **Stack** (only when no target URL is given): an embedded Redis and broker
-   (:func:`harness.stack.infrastructure`, never a shared Redis), a catalog of ``--offers`` demo offers
+   (:func:`harness.stack.embedded_stack`, never a shared Redis), a catalog of ``--offers`` demo offers
    written to a JSON seed file, a small model (simulate a few hundred members, train, promote) in a
    temporary registry, member states for the population ``lt-0 .. lt-{members-1}`` folded with the shared
    core (:func:`features.state.apply`) and written straight into Redis with
@@ -37,13 +37,11 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -51,267 +49,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import numpy as np
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks._common import RESULTS_DIR, machine_info, write_result
+from harness import stack as st
+from harness.machine import code_version
+from harness.members import simulate_members, write_states
+from harness.scrape import Scraper
+from harness.timeline import Timeline, client_stats, summarise
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-STAGE_METRIC = "benefits_recommend_stage_seconds"
-STAGES = ("state_read", "features", "model", "rerank", "total")
-SCRAPE_INTERVAL_S = 0.5
 #: A run that offers less than this share of the intended page views did not test the budget.
 MIN_ACHIEVED_SHARE = 0.95
 #: The capacity search does not go below this rate.
 CAPACITY_FLOOR_RPS = 20.0
-
-# -- histogram deltas and percentiles (pure) ---------------------------------------------------------------
-
-#: One scrape: sample key -> value, where a key is ``name{label="v",...}`` with labels sorted.
-Scrape = dict[str, float]
-
-
-def sample_key(name: str, labels: dict[str, str]) -> str:
-    if not labels:
-        return name
-    return name + "{" + ",".join(f'{k}="{labels[k]}"' for k in sorted(labels)) + "}"
-
-
-def parse_metrics(text: str) -> Scrape:
-    """Every sample of a Prometheus text exposition, flattened to ``{key: value}``."""
-    out: Scrape = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[sample_key(s.name, dict(s.labels))] = float(s.value)
-    return out
-
-
-def add_scrapes(scrapes: Sequence[Scrape]) -> Scrape:
-    """Sum of several processes' scrapes (counters and histogram buckets add up across replicas)."""
-    total: Scrape = {}
-    for s in scrapes:
-        for k, v in s.items():
-            total[k] = total.get(k, 0.0) + v
-    return total
-
-
-def delta(before: Scrape, after: Scrape) -> Scrape:
-    """``after - before`` per key (a key missing before counts from zero)."""
-    return {k: v - before.get(k, 0.0) for k, v in after.items()}
-
-
-def buckets(scrape: Scrape, metric: str, **labels: str) -> list[tuple[float, float]]:
-    """Cumulative ``(upper bound in the metric's unit, count)`` of one histogram series, sorted, +Inf last."""
-    prefix = metric + "_bucket{"
-    out: list[tuple[float, float]] = []
-    for key, value in scrape.items():
-        if not key.startswith(prefix):
-            continue
-        parts = dict(p.split("=", 1) for p in key[len(prefix) : -1].split(","))
-        parts = {k: v.strip('"') for k, v in parts.items()}
-        if any(parts.get(k) != v for k, v in labels.items()):
-            continue
-        out.append((float(parts["le"]), value))
-    out.sort()
-    return out
-
-
-def histogram_quantile(q: float, cumulative: Sequence[tuple[float, float]]) -> float | None:
-    """The ``q`` quantile of a cumulative histogram, interpolated linearly inside the bucket that holds it
-    (Prometheus' ``histogram_quantile``; the first bucket's lower bound is 0). None when it is empty.
-
-    Hazard: the answer is only as fine as the buckets; a quantile in the +Inf bucket is reported as the
-    highest finite bound (a lower limit of the truth).
-    """
-    if not cumulative:
-        return None
-    total = cumulative[-1][1]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for upper, count in cumulative:
-        if count >= rank:
-            if math.isinf(upper):
-                return lower
-            in_bucket = count - below
-            if in_bucket <= 0:
-                return upper
-            return lower + (upper - lower) * (rank - below) / in_bucket
-        lower, below = upper, count
-    return lower
-
-
-def server_stages(d: Scrape) -> dict[str, dict[str, float | int | None]]:
-    """Per stage: count, p50/p90/p99 and mean in ms from a histogram delta."""
-    out: dict[str, dict[str, float | int | None]] = {}
-    for stage in STAGES:
-        b = buckets(d, STAGE_METRIC, stage=stage)
-        count = round(b[-1][1]) if b else 0
-        total_s = d.get(sample_key(STAGE_METRIC + "_sum", {"stage": stage}), 0.0)
-        row: dict[str, float | int | None] = {"count": count}
-        for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
-            v = histogram_quantile(q, b)
-            row[name] = None if v is None else round(v * 1e3, 3)
-        row["mean_ms"] = round(total_s / count * 1e3, 3) if count else None
-        out[stage] = row
-    return out
-
-
-def server_counters(d: Scrape) -> dict[str, float]:
-    """Counters worth reading beside latency: degraded answers, deadline misses, refusals, feedback."""
-    keep = (
-        "benefits_recommend_degraded_total",
-        "benefits_recommend_deadline_exceeded_total",
-        "benefits_http_rejected_total",
-        "benefits_recommend_total",
-        "benefits_feedback_total",
-    )
-    return {k: round(v, 3) for k, v in sorted(d.items()) if k.startswith(keep) and v}
-
-
-def server_view(d: Scrape) -> dict[str, Any]:
-    """Stages, counters and the share of degraded (non-personalised fallback) answers of a delta.
-
-    A degraded answer is a 200, not an error, but it is not personalised either (Redis read over the
-    deadline, or the breaker open after such reads): the share is reported beside latency.
-    """
-    stages = server_stages(d)
-    answers = stages["total"]["count"] or 0
-    degraded = sum(v for k, v in d.items() if k.startswith("benefits_recommend_degraded_total"))
-    return {
-        "stages": stages,
-        "degraded_answers": int(degraded),
-        "degraded_share": round(degraded / answers, 4) if answers else None,
-        "counters": server_counters(d),
-    }
-
-
-def client_stats(latencies_ms: Sequence[float], failures: int, seconds: float) -> dict[str, Any]:
-    """Client-side percentiles (exact, from every request) and achieved rate over ``seconds``."""
-    n = len(latencies_ms)
-    out: dict[str, Any] = {
-        "requests": n + failures,
-        "failures": failures,
-        "rps": round((n + failures) / seconds, 1) if seconds > 0 else None,
-    }
-    if n:
-        a = np.asarray(latencies_ms, dtype=np.float64)
-        p50, p90, p99, p999 = np.percentile(a, [50, 90, 99, 99.9])
-        out |= {
-            "p50_ms": round(float(p50), 3),
-            "p90_ms": round(float(p90), 3),
-            "p99_ms": round(float(p99), 3),
-            "p999_ms": round(float(p999), 3),
-            "max_ms": round(float(a.max()), 3),
-        }
-    else:
-        out |= {"p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
-    return out
-
-
-# -- the run's timeline (written by the locustfile) ---------------------------------------------------------
-
-
-@dataclass
-class Timeline:
-    t0_wall: float
-    phases: list[dict[str, Any]]
-    latencies_ms: dict[str, dict[int, list[float]]]
-    failures: dict[str, dict[int, int]]
-    errors: dict[str, int]
-
-    @classmethod
-    def load(cls, path: Path) -> Timeline:
-        raw = orjson.loads(path.read_bytes())
-        if raw.get("t0_wall") is None:
-            raise RuntimeError("the load generator never started its shape (no requests were sent)")
-        return cls(
-            t0_wall=float(raw["t0_wall"]),
-            phases=raw["phases"],
-            latencies_ms={n: {int(s): v for s, v in per.items()} for n, per in raw["latencies_ms"].items()},
-            failures={n: {int(s): c for s, c in per.items()} for n, per in raw["failures"].items()},
-            errors=raw["errors"],
-        )
-
-    @property
-    def duration_s(self) -> float:
-        return max((p["end_s"] for p in self.phases), default=0.0)
-
-    def offered(self, a: float, b: float) -> float:
-        """Page views the shape intended to send in [a, b) (rate integrated over the phases)."""
-        total = 0.0
-        for p in self.phases:
-            lo, hi = max(a, p["start_s"]), min(b, p["end_s"])
-            if hi <= lo:
-                continue
-            span = p["end_s"] - p["start_s"]
-
-            def rate(t: float, p: dict[str, Any] = p, span: float = span) -> float:
-                f = (t - p["start_s"]) / span if span > 0 else 1.0
-                return float(p["rps_from"] + f * (p["rps_to"] - p["rps_from"]))
-
-            total += 0.5 * (rate(lo) + rate(hi)) * (hi - lo)
-        return total
-
-    def window(self, name: str, a: float, b: float) -> tuple[list[float], int]:
-        """Latencies and failures of request ``name`` in seconds whose centre lies in [a, b)."""
-        lat: list[float] = []
-        for s, v in self.latencies_ms.get(name, {}).items():
-            if a <= s + 0.5 < b:
-                lat.extend(v)
-        fails = sum(c for s, c in self.failures.get(name, {}).items() if a <= s + 0.5 < b)
-        return lat, fails
-
-
-# -- scraping /metrics while the load runs ------------------------------------------------------------------
-
-
-class Scraper:
-    """Scrapes ``/metrics`` of every target every ``interval_s`` in a thread; sums over targets."""
-
-    def __init__(self, targets: Sequence[str], interval_s: float = SCRAPE_INTERVAL_S) -> None:
-        self.targets = list(targets)
-        self.interval_s = interval_s
-        self.series: list[tuple[float, Scrape]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client = httpx.Client(timeout=2.0)
-
-    def scrape(self) -> Scrape:
-        texts = []
-        for t in self.targets:
-            r = self._client.get(f"{t}/metrics")
-            r.raise_for_status()
-            texts.append(parse_metrics(r.text))
-        return add_scrapes(texts)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            t = time.time()
-            with contextlib.suppress(httpx.HTTPError):
-                self.series.append((t, self.scrape()))
-            self._stop.wait(max(0.0, self.interval_s - (time.time() - t)))
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="metrics-scraper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-        self._client.close()
-
-    def at(self, wall: float) -> tuple[float, Scrape] | None:
-        """The scrape nearest to wall-clock time ``wall``."""
-        if not self.series:
-            return None
-        return min(self.series, key=lambda ts: abs(ts[0] - wall))
-
 
 # -- options ----------------------------------------------------------------------------------------------
 
@@ -417,109 +171,29 @@ def judge(summary: dict[str, Any], opts: Options) -> dict[str, Any]:
     }
 
 
-# -- summarising one run ----------------------------------------------------------------------------------
-
-
-def _block(tl: Timeline, scraper: Scraper | None, a: float, b: float) -> dict[str, Any]:
-    """Client and server figures over [a, b) seconds of the shape."""
-    secs = b - a
-    rec, rec_fail = tl.window("recommend", a, b)
-    fb, fb_fail = tl.window("feedback", a, b)
-    out: dict[str, Any] = {
-        "window_s": [round(a, 2), round(b, 2)],
-        "offered_rps": round(tl.offered(a, b) / secs, 1) if secs > 0 else None,
-        "client": {
-            "recommend": client_stats(rec, rec_fail, secs),
-            "feedback": client_stats(fb, fb_fail, secs),
-        },
-    }
-    if scraper is not None:
-        lo, hi = scraper.at(tl.t0_wall + a), scraper.at(tl.t0_wall + b)
-        if lo is not None and hi is not None and hi[0] > lo[0]:
-            d = delta(lo[1], hi[1])
-            out["server"] = {
-                "scrape_window_s": [round(lo[0] - tl.t0_wall, 2), round(hi[0] - tl.t0_wall, 2)],
-                **server_view(d),
-            }
-    return out
-
-
-def recovery_seconds(tl: Timeline, spike_end: float, end: float, limit_ms: float) -> float | None:
-    """Seconds after ``spike_end`` from which every following second's client p99 is within ``limit_ms``."""
-    start = math.floor(spike_end)
-    per_second = []
-    for s in range(start, math.ceil(end)):
-        lat = tl.latencies_ms.get("recommend", {}).get(s, [])
-        fails = tl.failures.get("recommend", {}).get(s, 0)
-        bad = fails > 0 or (bool(lat) and float(np.percentile(lat, 99)) > limit_ms)
-        per_second.append((s, bad))
-    last_bad = max((s for s, bad in per_second if bad), default=None)
-    if last_bad is None:
-        return 0.0
-    if last_bad >= math.ceil(end) - 1:
-        return None  # never recovered within the run
-    return round(last_bad + 1 - spike_end, 2)
-
-
-def summarise(
-    tl: Timeline,
-    scraper: Scraper | None,
-    before: Scrape | None,
-    after: Scrape | None,
-    opts: Options,
-) -> dict[str, Any]:
-    dur = tl.duration_s
-    overall = _block(tl, None, 0.0, dur + 1.0)  # +1: requests still in flight at the last tick
-    overall["offered_rps"] = round(tl.offered(0.0, dur) / dur, 1)
-    rec = overall["client"]["recommend"]
-    fb = overall["client"]["feedback"]
-    requests = rec["requests"] + fb["requests"]
-    overall["error_rate"] = round((rec["failures"] + fb["failures"]) / requests, 6) if requests else 1.0
-    overall["achieved_share"] = round(rec["requests"] / tl.offered(0.0, dur), 3) if dur else 0.0
-    overall["client"]["recommend"]["rps"] = round(rec["requests"] / dur, 1)
-    overall["client"]["feedback"]["rps"] = round(fb["requests"] / dur, 1)
-    if before is not None and after is not None:
-        d = delta(before, after)
-        overall["server"] = server_view(d)
-    phases: dict[str, Any] = {}
-    merged: dict[str, tuple[float, float]] = {}
-    for p in tl.phases:
-        # The flash sale's short ramp to the peak counts as part of the spike.
-        name = "spike" if p["name"] == "spike_ramp" else p["name"]
-        a, b = merged.get(name, (p["start_s"], p["end_s"]))
-        merged[name] = (min(a, p["start_s"]), max(b, p["end_s"]))
-    for name, (a, b) in merged.items():
-        phases[name] = _block(tl, scraper, a, b)
-    summary: dict[str, Any] = {"shape": opts.shape, "duration_s": dur, "overall": overall, "phases": phases}
-    if opts.shape == "flash":
-        spike_end = merged["spike"][1]
-        phases["after_settled"] = _block(tl, scraper, spike_end + opts.recover_s, dur)
-        summary["recovery_s"] = {
-            "client_p99_within_budget_after_s": recovery_seconds(tl, spike_end, dur, opts.p99_ms),
-            "limit_s": opts.recover_s,
-        }
-    summary["errors"] = tl.errors
-    return summary
-
-
 # -- the stack --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Stack:
-    """What :func:`started_stack` built; ``procs`` are the API processes of the current configuration."""
+    """What :func:`started_stack` built: the embedded stack (its ``apis`` are the API processes of the
+    current configuration), the promoted model and the member population."""
 
-    settings: Any
-    workdir: Path
+    procs: st.Stack
     model_version: str
     model_trees: int | None
     member_states: list[Any]
-    procs: list[Any] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.procs.settings
+
+    @property
+    def workdir(self) -> Path:
+        return self.procs.workdir
 
     def stop_apis(self) -> None:
-        for p in self.procs:
-            p.stop()
-        self.procs.clear()
+        self.procs.stop_apis()
 
 
 def _train(workdir: Path, opts: Options) -> tuple[Path, str, int | None]:
@@ -544,27 +218,6 @@ def _train(workdir: Path, opts: Options) -> tuple[Path, str, int | None]:
     return registry_dir, out.version, out.metadata.get("best_iteration")
 
 
-def _member_states(n: int, seed: int) -> list[Any]:
-    from benchmarks.ranking import simulate_member
-
-    rng = np.random.default_rng(seed)
-    now = time.time()
-    return [simulate_member(f"lt-{i}", now, rng) for i in range(n)]
-
-
-async def _write_members(settings: Any, states: list[Any]) -> None:
-    from infra.redis_client import connect
-    from infra.redis_layout import MemberStore, StoredMember
-
-    client = connect(settings.redis_url, cluster=False, timeout_ms=2000)
-    try:
-        store = MemberStore(client, settings.layout)
-        for i in range(0, len(states), 500):
-            await store.put_members(StoredMember(state=s) for s in states[i : i + 500])
-    finally:
-        await client.aclose()
-
-
 def _write_catalog(path: Path, n: int) -> None:
     from features.demo_catalog import demo_catalog
 
@@ -574,41 +227,23 @@ def _write_catalog(path: Path, n: int) -> None:
 
 
 @contextlib.contextmanager
-def started_stack(base_settings: Any, opts: Options, workdir: Path) -> Iterator[Stack]:
+def started_stack(base_settings: Settings, opts: Options, workdir: Path) -> Iterator[Stack]:
     """Embedded Redis + broker, a trained and promoted model, the member population in Redis."""
-    from harness import stack as st
-    from harness.embedded import create_topics
-
     # Always private infrastructure: a load test must never write into a Redis it did not start.
-    settings = base_settings.model_copy(
-        update={"redis_url": None, "kafka_bootstrap": None, "redis_cluster": False}
-    )
-    with st.infrastructure(settings) as (settings, _started):
-        assert settings.kafka_bootstrap is not None
-        asyncio.run(
-            create_topics(
-                settings.kafka_bootstrap,
-                {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
-            )
-        )
+    with st.embedded_stack(base_settings, workdir) as procs:
         t = time.perf_counter()
         registry_dir, version, trees = _train(workdir, opts)
         log.info("model %s (%s trees) ready in %.1fs", version, trees, time.perf_counter() - t)
         t = time.perf_counter()
-        states = _member_states(opts.members, opts.seed)
+        ids = [f"lt-{i}" for i in range(opts.members)]
+        states = simulate_members(ids, seed=opts.seed, consent=False)
         log.info("%d member states folded in %.1fs", len(states), time.perf_counter() - t)
-        settings = settings.model_copy(update={"registry_dir": registry_dir})
-        stack = Stack(settings, workdir, version, trees, states)
-        try:
-            yield stack
-        finally:
-            stack.stop_apis()
+        procs.settings = procs.settings.model_copy(update={"registry_dir": registry_dir})
+        yield Stack(procs, version, trees, states)
 
 
 def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
     """(Re)start ``workers`` API processes serving a catalog of ``offers``; return their base URLs."""
-    from harness import stack as st
-
     stack.stop_apis()
     seed = stack.workdir / f"catalog-{offers}.json"
     _write_catalog(seed, offers)
@@ -616,14 +251,10 @@ def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
     settings = stack.settings.model_copy(
         update={"redis_prefix": f"lt{offers}", "catalog_seed_path": seed, "log_level": "INFO"}
     )
-    asyncio.run(_write_members(settings, stack.member_states))
+    asyncio.run(write_states(settings, stack.member_states))
     targets = []
     for i in range(workers):
-        api = st.api_settings(settings)
-        proc = st.start_api(api, stack.workdir / "logs", name=f"api-{offers}-{i}")
-        stack.procs.append(proc)
-        base = f"http://127.0.0.1:{api.port}"
-        ready = st.wait_ready(base, proc)
+        base, ready = stack.procs.add_api(st.api_settings(settings), name=f"api-{offers}-{i}")
         if ready.get("catalog_offers") != offers:
             raise RuntimeError(f"API serves {ready.get('catalog_offers')} offers, expected {offers}")
         targets.append(base)
@@ -714,7 +345,7 @@ def run_locust(
         tail = "\n".join(locust_log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"locust exited with {rc}:\n{tail}")
     tl = Timeline.load(timeline_path)
-    summary = summarise(tl, scraper, before, after, opts)
+    summary = summarise(tl, scraper, before, after, opts.shape, opts.recover_s, opts.p99_ms)
     summary["locust_reported"] = _locust_csv(csv_prefix)
     summary["load_average"] = {
         "before": [round(x, 2) for x in load_before],
@@ -815,30 +446,11 @@ def _stack_info(stack: Stack | None, opts: Options) -> dict[str, Any]:
             k: getattr(stack.settings, k)
             for k in ("max_in_flight", "deadline_ms", "redis_timeout_ms", "log_level", "default_limit")
         },
-        "code": _code_version(),
+        "code": code_version(Path(__file__).resolve().parent.parent, ("service", "features", "benefits")),
     }
 
 
-def _code_version() -> dict[str, Any]:
-    """The commit the API ran, and whether its packages had uncommitted changes (shared work tree)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "features", "benefits"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None}
-    return {"commit": head, "uncommitted": sorted(line[3:] for line in dirty if line.strip())}
-
-
-def run_command(base_settings: Any, opts: Options) -> int:
+def run_command(base_settings: Settings, opts: Options) -> int:
     """Entry point of ``benefits loadtest``. Returns the exit code (0 ok, 1 budget broken, 2 run failed)."""
     api_key = opts.api_key or base_settings.storefront_api_keys[0].get_secret_value()
     workdir = Path(tempfile.mkdtemp(prefix="benefits-loadtest-"))

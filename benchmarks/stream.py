@@ -39,6 +39,7 @@ from benchmarks._common import machine_info, write_result
 from features import events as ev
 from harness import stream_driver as h
 from harness.embedded import Service, create_topics, free_port, start_broker, start_redis
+from harness.quantiles import histogram_quantile
 from harness.replay_cj import full_check
 from stream.worker import FRESHNESS_BUCKETS
 
@@ -138,24 +139,6 @@ def _safe_folded(port: int) -> float:
         return 0.0
 
 
-def _quantile_from_buckets(bounds: list[float], counts: list[float], q: float) -> float:
-    """Linear interpolation inside the cumulative-bucket histogram (Prometheus' histogram_quantile)."""
-    total = counts[-1]
-    if total <= 0:
-        return float("nan")
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, cum in zip(bounds, counts, strict=True):
-        if cum >= rank:
-            if bound == float("inf"):
-                return prev_bound
-            width = cum - prev_count
-            frac = (rank - prev_count) / width if width > 0 else 1.0
-            return prev_bound + (bound - prev_bound) * frac
-        prev_bound, prev_count = bound, cum
-    return prev_bound
-
-
 def _freshness_buckets(port: int) -> list[float]:
     m = h.scrape_metrics(port)
     out = []
@@ -222,14 +205,15 @@ def freshness(redis: Service, broker: Service, rate: float, seconds: float, work
         cpu = _cpu_seconds(proc) - cpu0
     bounds = [*FRESHNESS_BUCKETS, float("inf")]
     delta = [a - b for a, b in zip(after, before, strict=True)]
-    p50 = _quantile_from_buckets(bounds, delta, 0.50)
-    p99 = _quantile_from_buckets(bounds, delta, 0.99)
+    cumulative = list(zip(bounds, delta, strict=True))
+    p50 = histogram_quantile(0.50, cumulative)
+    p99 = histogram_quantile(0.99, cumulative)
     return {
         "target_rate": rate,
         "achieved_rate": round(achieved, 1),
         "events": int(delta[-1]),
-        "freshness_p50_ms": round(p50 * 1000, 2),
-        "freshness_p99_ms": round(p99 * 1000, 2),
+        "freshness_p50_ms": round(p50 * 1000, 2) if p50 is not None else None,
+        "freshness_p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
         "share_within_100ms": round(delta[FRESHNESS_BUCKETS.index(0.1)] / delta[-1], 4)
         if delta[-1]
         else None,

@@ -1,12 +1,15 @@
 """Start and stop the running parts as real processes: the stream worker and the API.
 
-Used by ``benefits demo``, the end-to-end tests, the load test and the benchmarks, so that all of them
-exercise the same commands an operator runs (``benefits worker``, ``benefits serve``). Children get the
-settings through ``BENEFITS_*`` environment variables built from one Settings object.
+Used by ``benefits demo``, the end-to-end tests, the load test, the reliability scenarios and the
+benchmarks, so that all of them exercise the same commands an operator runs (``benefits worker``,
+``benefits serve``). Children get the settings through ``BENEFITS_*`` environment variables built from one
+Settings object. :func:`embedded_stack` is the one private stack (embedded Redis and broker, topics, the
+API and worker processes on them) of the load test and the reliability scenarios.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,7 +25,7 @@ from typing import IO, Any
 import httpx
 from pydantic import SecretStr
 
-from harness.embedded import Service, free_port, start_broker, start_redis, stop_process
+from harness.embedded import Service, create_topics, free_port, start_broker, start_redis, stop_process
 from infra.settings import Settings
 
 
@@ -145,3 +148,87 @@ def infrastructure(settings: Settings) -> Iterator[tuple[Settings, list[Service]
 
 def api_settings(settings: Settings, port: int | None = None) -> Settings:
     return settings.model_copy(update={"port": port or free_port(), "host": "127.0.0.1"})
+
+
+def create_stream_topics(settings: Settings) -> None:
+    """The events topic (``events_partitions`` partitions) and the dead-letter topic on its broker."""
+    assert settings.kafka_bootstrap is not None
+    topics = {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1}
+    asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+
+
+@dataclass
+class Stack:
+    """An embedded Redis and broker of one run, and the API and worker processes started on them.
+
+    ``settings`` point at this Redis and broker; logs go to ``workdir/logs``.
+    """
+
+    workdir: Path
+    settings: Settings
+    redis: Service
+    broker: Service
+    apis: list[Proc] = field(default_factory=list)
+    worker: Proc | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def add_api(self, settings: Settings | None = None, name: str = "api") -> tuple[str, dict[str, Any]]:
+        """Start ``benefits serve`` with ``settings`` (default: the stack's) and wait until it is ready;
+        (base URL, its ``/readyz`` body)."""
+        s = settings or self.settings
+        proc = start_api(s, self.log_dir, name=name)
+        self.apis.append(proc)
+        base = f"http://127.0.0.1:{s.port}"
+        return base, wait_ready(base, proc)
+
+    def stop_apis(self) -> None:
+        for p in self.apis:
+            p.stop()
+        self.apis.clear()
+
+    def start_worker(self) -> Proc:
+        """A new ``benefits worker`` (the previous one, if any, is the caller's to have stopped)."""
+        n = len(list(self.log_dir.glob("worker*.log")))
+        self.worker = start_worker(self.settings, self.log_dir, name=f"worker-{n}")
+        return self.worker
+
+    def restart_redis(self) -> None:
+        """A new embedded Redis on the same port (empty: the embedded one keeps nothing on disk)."""
+        self.redis = start_redis(port=self.redis.port)
+
+    def restart_broker(self) -> None:
+        """A new embedded broker on the same port, topics created again (memory storage: they are empty)."""
+        self.broker = start_broker(port=self.broker.port)
+        create_stream_topics(self.settings)
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.stop_apis()
+        self.broker.stop()
+        self.redis.stop()
+
+
+@contextlib.contextmanager
+def embedded_stack(settings: Settings, workdir: Path) -> Iterator[Stack]:
+    """Start an embedded Redis and broker, point ``settings`` at them (never a shared Redis), create the
+    topics; stop every process of the stack on exit."""
+    redis = start_redis()
+    broker: Service | None = None
+    stack: Stack | None = None
+    try:
+        broker = start_broker()
+        update = {"redis_url": redis.url, "kafka_bootstrap": broker.url, "redis_cluster": False}
+        stack = Stack(workdir, settings.model_copy(update=update), redis, broker)
+        create_stream_topics(stack.settings)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()  # the Redis and broker it holds may be restarted ones
+        else:
+            if broker is not None:
+                broker.stop()
+            redis.stop()

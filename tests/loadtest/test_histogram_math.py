@@ -7,21 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.loadtest import (
+from benchmarks.loadtest import Options, exit_code, judge
+from harness.quantiles import histogram_quantile
+from harness.scrape import (
     STAGE_METRIC,
-    Options,
-    Timeline,
     add_scrapes,
     buckets,
     delta,
-    exit_code,
-    histogram_quantile,
-    judge,
     parse_metrics,
-    recovery_seconds,
     server_stages,
     server_view,
 )
+from harness.timeline import Timeline, recovery_seconds
 from service.metrics import Metrics
 
 INF = math.inf
