@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
-from infra.registry import METADATA_FILE, MODEL_FILE, Registry
+from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
 
 
 def synthetic_booster(
@@ -63,10 +63,22 @@ def random_rows(n_rows: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+@functools.cache
+def train_booster(seed: int = 0, n_trees: int = 20, num_leaves: int = 15, n_rows: int = 3000) -> Any:
+    """A small LightGBM model on random rows (about a second)."""
+    rng = np.random.default_rng(seed)
+    return synthetic_booster(random_rows(n_rows, rng), rng, n_trees, num_leaves, seed)
+
+
 def train_onnx(seed: int = 0, n_trees: int = 20, num_leaves: int = 15, n_rows: int = 3000) -> Any:
     """A small model on random rows (about a second), as served ONNX with the feature metadata."""
-    rng = np.random.default_rng(seed)
-    return served_onnx(synthetic_booster(random_rows(n_rows, rng), rng, n_trees, num_leaves, seed))
+    return served_onnx(train_booster(seed, n_trees, num_leaves, n_rows))
+
+
+@functools.cache
+def lgb_texts() -> dict[str, str]:
+    """The LightGBM text of the good models in :func:`model_files`, as the exporter registers it."""
+    return {v: train_booster(seed).model_to_string() for v, seed in (("v1", 1), ("v2", 2))}
 
 
 @functools.cache
@@ -74,8 +86,8 @@ def model_files() -> dict[str, bytes]:
     """Two good models and the bad ones a server must refuse, trained once per process."""
     from training.export import set_metadata
 
-    good1 = train_onnx(1).SerializeToString()
-    good2 = train_onnx(2).SerializeToString()
+    good1 = served_onnx(train_booster(1)).SerializeToString()
+    good2 = served_onnx(train_booster(2)).SerializeToString()
     mismatched = train_onnx(3, n_trees=5)
     set_metadata(mismatched, {"feature_schema": "v0:deadbeefdeadbeef", "feature_names": "[]"})
     return {
@@ -88,13 +100,16 @@ def model_files() -> dict[str, bytes]:
 
 
 def build_registry(root: Path) -> Registry:
-    """``v1`` (promoted) and ``v2`` good; ``bad-corrupt``, ``bad-truncated``, ``bad-schema`` refusable."""
+    """``v1`` (promoted) and ``v2`` good, each with its LightGBM text (the compiled scorer's source);
+    ``bad-corrupt``, ``bad-truncated``, ``bad-schema`` refusable."""
     meta = {"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES), "metrics": {"auc": 0.7}}
     for version, data in model_files().items():
         d = root / "models" / version
         d.mkdir(parents=True, exist_ok=True)
         (d / MODEL_FILE).write_bytes(data)
         (d / METADATA_FILE).write_text(json.dumps(meta))
+        if version in lgb_texts():
+            (d / LGB_FILE).write_text(lgb_texts()[version])
     reg = Registry(root)
     reg.promote("v1")
     return reg

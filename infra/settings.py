@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # --- model registry and catalog
     registry_dir: Path = Path("var/registry")
     model_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    #: "auto": the promoted model's trees compiled to native code once they match onnxruntime, else
+    #: onnxruntime (logged and counted); "compiled": refuse a model that cannot be compiled; "onnx": never.
+    scorer_runtime: Literal["auto", "onnx", "compiled"] = "auto"
+    #: where compiled object code is cached by model hash (None: a per-user directory under the temp dir)
+    scorer_cache_dir: Path | None = None
     catalog_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
     catalog_seed_path: Path | None = None
 

@@ -80,6 +80,13 @@ async def _initial_catalog(res: Resources) -> None:
 
 def _update_gauges(res: Resources, counted_refusals: set[tuple[str, int]]) -> None:
     res.metrics.set_model(res.models.version)
+    model = res.models.current
+    res.metrics.model_compiled.set(1 if model is not None and model.compiled is not None else 0)
+    if model is not None and model.fallback_reason is not None:
+        key = ("scorer:" + model.version, 0)  # count a model's fallback once, not once per poll
+        if key not in counted_refusals:
+            counted_refusals.add(key)
+            res.metrics.scorer_fallback.labels(reason=model.fallback_reason).inc()
     for key, exc in res.models.refused.items():
         if key not in counted_refusals:
             counted_refusals.add(key)
@@ -113,7 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
         catalog_store = CatalogStore(client, settings.layout)
         catalog = CatalogHolder(catalog_store, store)
         registry = Registry(settings.registry_dir)
-        models = ModelHolder(registry)
+        models = ModelHolder(registry, settings.scorer_runtime, settings.scorer_cache_dir)
         # Feedback waiting on a slow or dead broker may hold at most a quarter of the in-flight slots,
         # so a broker outage cannot get recommend requests shed (service.publisher).
         publisher = Publisher(

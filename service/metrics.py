@@ -76,6 +76,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.scorer_fallback = Counter(
+            "benefits_scorer_fallback_total",
+            "Model versions served by onnxruntime because the compiled scorer was unavailable, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.model_compiled = Gauge(
+            "benefits_model_compiled", "1 while the served model scores with compiled trees", registry=r
+        )
         self.catalog_version = Gauge("benefits_catalog_version", "Catalog version in process", registry=r)
         self.catalog_offers = Gauge("benefits_catalog_offers", "Offers in the catalog in process", registry=r)
         self.feedback = Counter(

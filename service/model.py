@@ -8,6 +8,11 @@ Refusals (the old model keeps serving): file missing, corrupt or truncated (onnx
 session), feature schema or feature names different from :data:`features.projection.FEATURE_SCHEMA` /
 ``FEATURE_NAMES``, an input that is not ``[N, len(FEATURE_NAMES)]`` float, no probability output, or a
 smoke prediction that is not finite in [0, 1].
+
+Runtime (``BENEFITS_SCORER_RUNTIME``): ``auto`` scores with the same trees compiled to native code
+(:mod:`service.scorer`) once they match onnxruntime on varied rows, and falls back to onnxruntime with
+a log line and ``benefits_scorer_fallback_total{reason}`` when they cannot be compiled or do not match;
+``compiled`` refuses such a model instead (reason ``compile_failed``); ``onnx`` never compiles.
 """
 
 from __future__ import annotations
@@ -15,16 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
-from infra.registry import Registry, RegistryError
+from infra.registry import LGB_FILE, Registry, RegistryError
 from service.errors import ModelRefused
+from service.scorer import CompiledScorer, ScorerUnavailable, compile_scorer
+
+ScorerRuntime = Literal["auto", "onnx", "compiled"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +44,23 @@ class LoadedModel:
     input_name: str
     output_name: str
     metadata: dict[str, str]
+    #: the native scorer when it passed its parity check; None: onnxruntime scores
+    compiled: CompiledScorer | None = None
+    #: why the compiled scorer is not used (``auto`` fell back), e.g. ``no_source``; None otherwise
+    fallback_reason: str | None = None
+
+    @property
+    def runtime(self) -> str:
+        return self.compiled.engine if self.compiled is not None else "onnxruntime"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Positive-class probability per row of ``x`` (float32, shape (n, N_FEATURES))."""
+        if self.compiled is not None:
+            return self.compiled.predict(x)
+        return self.predict_onnx(x)
+
+    def predict_onnx(self, x: np.ndarray) -> np.ndarray:
+        """The reference: onnxruntime on the registered graph."""
         out = self.session.run([self.output_name], {self.input_name: x})[0]
         return _positive_column(np.asarray(out))
 
@@ -65,8 +87,15 @@ def session_options() -> ort.SessionOptions:
     return opts
 
 
-def load_model(path: Path, version: str) -> LoadedModel:
-    """Build a session for ``path`` and check it against the running code; raise :class:`ModelRefused`."""
+def load_model(
+    path: Path, version: str, runtime: ScorerRuntime = "onnx", cache_dir: Path | None = None
+) -> LoadedModel:
+    """Build a session for ``path`` and check it against the running code; raise :class:`ModelRefused`.
+
+    With ``runtime`` ``auto`` or ``compiled``, also compile the LightGBM text beside it (``model.lgb.txt``)
+    into a :class:`~service.scorer.CompiledScorer` (object code cached in ``cache_dir``). Blocking: from
+    milliseconds (cached) to seconds (a first compile).
+    """
     if not path.exists():
         raise ModelRefused("missing", f"{path} does not exist")
     if path.stat().st_size == 0:
@@ -101,7 +130,24 @@ def load_model(path: Path, version: str) -> LoadedModel:
         raise ModelRefused("bad_signature", f"smoke prediction failed: {str(exc)[:300]}") from None
     if probe.shape != (2,) or not np.all(np.isfinite(probe)) or probe.min() < 0.0 or probe.max() > 1.0:
         raise ModelRefused("bad_output", f"smoke prediction is not a probability per row: {probe!r}")
-    return model
+    if runtime == "onnx":
+        return model
+    try:
+        compiled = compile_scorer(path.with_name(LGB_FILE), model.predict_onnx, N_FEATURES, cache_dir)
+    except ScorerUnavailable as exc:
+        if runtime == "compiled":
+            detail = f"compiled scorer unavailable ({exc.reason}): {exc.detail}"
+            raise ModelRefused("compile_failed", detail) from None
+        log.warning(
+            "model %s: compiled scorer unavailable (%s: %s); scoring with onnxruntime",
+            version, exc.reason, exc.detail,
+        )  # fmt: skip
+        return replace(model, fallback_reason=exc.reason)
+    log.info(
+        "model %s: scoring with compiled trees (%s, compile %.1f s, load %.3f s, key %s)",
+        version, compiled.engine, compiled.compile_seconds, compiled.load_seconds, compiled.key,
+    )  # fmt: skip
+    return replace(model, compiled=compiled)
 
 
 def _probability_output(session: ort.InferenceSession) -> str:
@@ -120,6 +166,8 @@ class ModelHolder:
     """The current model and what the registry poller has refused. One per process."""
 
     registry: Registry
+    runtime: ScorerRuntime = "onnx"
+    cache_dir: Path | None = None
     current: LoadedModel | None = None
     #: (version, mtime_ns) -> refusal; a refused file is not retried until it changes on disk.
     refused: dict[tuple[str, int], ModelRefused] = field(default_factory=dict)
@@ -142,7 +190,7 @@ class ModelHolder:
             path = self.registry.model_path(version)
         except RegistryError as exc:
             raise ModelRefused("missing", str(exc)) from None
-        return load_model(path, version)
+        return load_model(path, version, self.runtime, self.cache_dir)
 
     def install(self, model: LoadedModel) -> None:
         # A single reference assignment: atomic for every reader (see module docstring).
@@ -171,8 +219,11 @@ class ModelHolder:
         return True
 
     def status(self) -> dict[str, Any]:
+        model = self.current
         return {
             "serving": self.version,
+            "runtime": model.runtime if model is not None else None,
+            "scorer_fallback": model.fallback_reason if model is not None else None,
             "promoted": self.registry.promoted(),
             "refused": [
                 {"version": v, "reason": e.reason, "detail": e.detail} for (v, _), e in self.refused.items()
