@@ -5,8 +5,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY benefits ./benefits
 COPY features ./features
+COPY infra ./infra
+COPY stream ./stream
 COPY service ./service
 COPY training ./training
+COPY harness ./harness
 COPY benchmarks ./benchmarks
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
 

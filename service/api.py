@@ -7,13 +7,14 @@ import asyncio
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
 from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
+from service.body import decode_recommend
 from service.deps import FeedbackDep, RecommenderDep, ResourcesDep, require_admin, require_storefront
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.metrics import CONTENT_TYPE
@@ -26,6 +27,13 @@ _errors: dict[int | str, dict[str, Any]] = {
 }
 
 
+def openapi_components() -> dict[str, Any]:
+    """Schemas the generated spec would miss: the recommend body, decoded outside FastAPI."""
+    schema = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {"RecommendRequest": schema, **defs}
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -35,9 +43,26 @@ admin = APIRouter(dependencies=[Depends(require_admin)], responses=_errors, tags
 ops = APIRouter(tags=["operations"])
 
 
-@storefront.post("/v1/recommend", response_class=Response, responses={200: {"model": RecommendResponseModel}})
-async def recommend(body: RecommendRequest, rec: RecommenderDep, res: ResourcesDep) -> Response:
-    """Ranked offers (coupons, benefits, consults) for one member on one page, with reasons."""
+#: The body is decoded by msgspec (service.body), so FastAPI does not see it: document it by hand.
+_RECOMMEND_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RecommendRequest"}}},
+    }
+}
+
+
+@storefront.post(
+    "/v1/recommend",
+    response_class=Response,
+    responses={200: {"model": RecommendResponseModel}},
+    openapi_extra=_RECOMMEND_BODY,
+)
+async def recommend(request: Request, rec: RecommenderDep, res: ResourcesDep) -> Response:
+    """Ranked offers (coupons, benefits, consults) for one member on one page, with reasons.
+
+    The body is a :class:`~service.schemas.RecommendRequest`."""
+    body = decode_recommend(await request.body())
     c = body.context
     query = RecommendQuery(
         member_id=body.member_id,

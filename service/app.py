@@ -196,6 +196,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.admin)
     app.include_router(api.ops)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(api.openapi_components())
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         return Response(
