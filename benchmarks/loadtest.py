@@ -184,14 +184,6 @@ class Stack:
     model_trees: int | None
     member_states: list[Any]
 
-    @property
-    def settings(self) -> Settings:
-        return self.procs.settings
-
-    @property
-    def workdir(self) -> Path:
-        return self.procs.workdir
-
     def stop_apis(self) -> None:
         self.procs.stop_apis()
 
@@ -245,10 +237,10 @@ def started_stack(base_settings: Settings, opts: Options, workdir: Path) -> Iter
 def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
     """(Re)start ``workers`` API processes serving a catalog of ``offers``; return their base URLs."""
     stack.stop_apis()
-    seed = stack.workdir / f"catalog-{offers}.json"
+    seed = stack.procs.workdir / f"catalog-{offers}.json"
     _write_catalog(seed, offers)
     # A prefix per catalog size: the catalog is seeded only into an empty store.
-    settings = stack.settings.model_copy(
+    settings = stack.procs.settings.model_copy(
         update={"redis_prefix": f"lt{offers}", "catalog_seed_path": seed, "log_level": "INFO"}
     )
     asyncio.run(write_states(settings, stack.member_states))
@@ -443,7 +435,7 @@ def _stack_info(stack: Stack | None, opts: Options) -> dict[str, Any]:
         "infrastructure": "embedded Redis + tansu broker on loopback",
         "api_processes": "benefits serve (uvicorn, 1 worker process each), Locust round-robin per user",
         "api_settings": {
-            k: getattr(stack.settings, k)
+            k: getattr(stack.procs.settings, k)
             for k in ("max_in_flight", "deadline_ms", "redis_timeout_ms", "log_level", "default_limit")
         },
         "code": code_version(Path(__file__).resolve().parent.parent, ("service", "features", "benefits")),

@@ -46,9 +46,7 @@ from stream.worker import FRESHNESS_BUCKETS
 log = logging.getLogger(__name__)
 
 
-def _folded(port: int) -> float:
-    m = h.scrape_metrics(port)
-    return sum(v for (name, _), v in m.items() if name == "benefits_stream_events_total")
+_folded = h.worker_events_folded
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -188,14 +186,7 @@ def freshness(redis: Service, broker: Service, rate: float, seconds: float, work
     with h.worker_process(cfg, workdir / "worker-fresh.log") as popen:
         # Warm up: wait until the worker has joined and folded a first burst, so the join is not measured.
         asyncio.run(h.produce(broker.url, cfg.events_topic, h.keyed(warm)))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if _folded(cfg.metrics_port) >= len(warm):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+        h.wait_worker_folded(cfg.metrics_port, len(warm), 120)
         before = _freshness_buckets(cfg.metrics_port)
         proc = psutil.Process(popen.pid)
         cpu0 = _cpu_seconds(proc)

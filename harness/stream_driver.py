@@ -332,3 +332,22 @@ def scrape_metrics(
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
+
+
+def worker_events_folded(port: int) -> float:
+    """Events the worker serving metrics on ``port`` has folded (its ``benefits_stream_events_total``)."""
+    return sum(v for (name, _), v in scrape_metrics(port).items() if name == "benefits_stream_events_total")
+
+
+def wait_worker_folded(port: int, expected: float, timeout_s: float, poll_s: float = 0.05) -> float:
+    """Poll the worker's own count until it reaches ``expected``; a worker not listening yet counts as 0.
+    Returns the last count seen (the Redis-side probe is :func:`wait_folded`)."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            seen = worker_events_folded(port)
+        if seen >= expected:
+            break
+        time.sleep(poll_s)
+    return seen
