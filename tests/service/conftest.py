@@ -1,5 +1,5 @@
-"""Service test fixtures: a self-contained model registry (a small LightGBM exported to ONNX here, so the
-tests do not depend on the training package), settings pointing at the session Redis with a unique
+"""Service test fixtures: a self-contained model registry (small LightGBM models from the one test-model
+builder, ``harness.testmodel``), settings pointing at the session Redis with a unique
 prefix, and app runners (in process via ASGI with the lifespan, or over real HTTP under uvicorn)."""
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import lightgbm as lgb
-import numpy as np
 import onnx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.projection import FEATURE_NAMES, FEATURE_SCHEMA
 from harness.embedded import Service, free_port
+from harness.testmodel import train_onnx
 from infra.registry import METADATA_FILE, MODEL_FILE, Registry
 from infra.settings import Settings
 from service.app import create_app
@@ -32,31 +31,6 @@ STOREFRONT_KEY = "test-storefront-key-0001"
 ADMIN_KEY = "test-admin-key-00000001"
 SF = {"X-API-Key": STOREFRONT_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
-
-
-def train_onnx(seed: int = 0, n_trees: int = 20, num_leaves: int = 15, n_rows: int = 3000) -> onnx.ModelProto:
-    """A LightGBM classifier on simulated-looking rows, exported to ONNX with the feature metadata."""
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    rng = np.random.default_rng(seed)
-    x = rng.gamma(1.0, 2.0, size=(n_rows, N_FEATURES)).astype(np.float32)
-    x[:, FEATURE_INDEX["page_category_match"]] = rng.random(n_rows) < 0.2
-    logit = (
-        -3.0
-        + 0.8 * np.log1p(x[:, FEATURE_INDEX["cat_interest_7d"]])
-        + 1.0 * x[:, FEATURE_INDEX["page_category_match"]]
-        + 0.05 * x[:, FEATURE_INDEX["offer_value"]]
-        + rng.normal(0, 0.5, n_rows)
-    )
-    y = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(int)
-    clf = lgb.LGBMClassifier(n_estimators=n_trees, num_leaves=num_leaves, verbose=-1, random_state=seed)
-    clf.fit(x, y)
-    model = convert_lightgbm(
-        clf, initial_types=[("input", FloatTensorType([None, N_FEATURES]))], zipmap=False, target_opset=15
-    )
-    set_meta(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
-    return model
 
 
 def set_meta(model: onnx.ModelProto, meta: dict[str, str]) -> None:
