@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -356,71 +356,6 @@ def _rel(p: Path) -> str:
     return str(p)
 
 
-# -- capacity ---------------------------------------------------------------------------------------------
-
-
-def find_capacity(
-    targets: Sequence[str], opts: Options, api_key: str, label: str, workdir: Path
-) -> dict[str, Any]:
-    """Highest offered rate whose steady run stays within budget: x1.5 steps (or halving when the first step
-    fails), then bisection to within 10 %."""
-    steps: list[dict[str, Any]] = []
-    step_opts = replace(opts, shape="steady", duration_s=opts.capacity_step_s)
-
-    def attempt(rps: float) -> bool:
-        s = run_locust(targets, replace(step_opts, rps=rps), api_key, f"{label}-{int(rps)}", workdir, False)
-        o = s["overall"]
-        steps.append(
-            {
-                "offered_rps": rps,
-                "achieved_rps": o["client"]["recommend"]["rps"],
-                "client_p50_ms": o["client"]["recommend"]["p50_ms"],
-                "client_p99_ms": o["client"]["recommend"]["p99_ms"],
-                "server_total_p50_ms": o.get("server", {}).get("stages", {}).get("total", {}).get("p50_ms"),
-                "server_total_p99_ms": o.get("server", {}).get("stages", {}).get("total", {}).get("p99_ms"),
-                "error_rate": o["error_rate"],
-                "load_average": s["load_average"],
-                "ok": s["budget"]["ok"],
-                "overall": o,
-            }
-        )
-        log.info("%s at %.0f rps: %s", label, rps, "ok" if s["budget"]["ok"] else "over budget")
-        return bool(s["budget"]["ok"])
-
-    good, bad = 0.0, None
-    rps = opts.capacity_start_rps
-    if not attempt(rps):
-        # Over budget already at the start: halve until a rate passes (or give up below the floor).
-        bad = rps
-        while rps / 2 >= CAPACITY_FLOOR_RPS:
-            rps = round(rps / 2)
-            if attempt(rps):
-                good = rps
-                break
-            bad = rps
-    else:
-        good = rps
-        while (rps := round(rps * 1.5)) <= opts.capacity_max_rps:
-            if attempt(rps):
-                good = rps
-            else:
-                bad = rps
-                break
-    while bad is not None and good > 0 and (bad - good) / good > 0.1:
-        mid = round((good + bad) / 2)
-        if attempt(mid):
-            good = mid
-        else:
-            bad = mid
-    best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_rps"], default=None)
-    return {
-        "max_rps_within_budget": good or None,
-        "first_rps_over_budget": bad,
-        "at_max": best["overall"] if best else None,
-        "steps": [{k: v for k, v in s.items() if k != "overall"} for s in steps],
-    }
-
-
 # -- the command ------------------------------------------------------------------------------------------
 
 
@@ -438,7 +373,9 @@ def _stack_info(stack: Stack | None, opts: Options) -> dict[str, Any]:
             k: getattr(stack.procs.settings, k)
             for k in ("max_in_flight", "deadline_ms", "redis_timeout_ms", "log_level", "default_limit")
         },
-        "code": code_version(Path(__file__).resolve().parent.parent, ("service", "features", "benefits")),
+        "code": code_version(
+            Path(__file__).resolve().parent.parent, ("features", "infra", "stream", "service", "benefits")
+        ),
     }
 
 
@@ -459,7 +396,9 @@ def run_command(base_settings: Settings, opts: Options) -> int:
         else:
             with started_stack(base_settings, opts, workdir) as stack:
                 if opts.capacity:
-                    summary = _capacity(stack, opts, api_key, workdir)
+                    from benchmarks.capacity import capacity_search  # it builds on this module
+
+                    summary = capacity_search(stack, opts, api_key, workdir)
                 else:
                     targets = start_apis(stack, opts.offers, opts.workers)
                     idle = warm_up(targets, api_key, opts.warmup_requests)
@@ -492,32 +431,3 @@ def exit_code(summary: dict[str, Any]) -> int:
     if summary.get("mode") == "capacity":
         return 0
     return 0 if summary["budget"]["ok"] else 1
-
-
-def _capacity(stack: Stack, opts: Options, api_key: str, workdir: Path) -> dict[str, Any]:
-    configs: dict[str, Any] = {}
-    for offers in opts.capacity_offers:
-        for workers in opts.capacity_workers:
-            label = f"capacity-{workers}w-{offers}o"
-            targets = start_apis(stack, offers, workers)
-            idle = warm_up(targets, api_key, opts.warmup_requests)
-            configs[f"{workers}_workers_{offers}_offers"] = {
-                "workers": workers,
-                "offers": offers,
-                "sequential_round_trip_before_load": idle,
-                **find_capacity(
-                    targets, replace(opts, offers=offers, workers=workers), api_key, label, workdir
-                ),
-            }
-            stack.stop_apis()
-    return {
-        "mode": "capacity",
-        "budget": {
-            "on": opts.budget_on,
-            "client_guard_ms": opts.client_guard_ms if opts.budget_on == "server" else None,
-            "p99_ms": opts.p99_ms,
-            "max_error_rate": opts.max_error_rate,
-            "min_achieved_share": MIN_ACHIEVED_SHARE,
-        },
-        "configs": configs,
-    }
