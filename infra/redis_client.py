@@ -69,12 +69,18 @@ MAX_CONNECTIONS = 512
 REINITIALIZE_STEPS = 0
 
 
-def _retry() -> Retry:
-    return Retry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), RETRIES)
+def _retry(retries: int) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), retries)
 
 
-def connect(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aioredis.RedisCluster:
+def connect(
+    url: str, *, cluster: bool, timeout_ms: int, retries: int = RETRIES
+) -> aioredis.Redis | aioredis.RedisCluster:
     """A client for ``url`` (``redis://`` or ``rediss://``); a cluster client when ``cluster``.
+
+    ``retries=0`` for money (claims, ``infra.money_store``): a timed-out script may still run on the
+    server, so the caller must see the timeout and decide (retry with the same idempotency key, or answer
+    "outcome unknown"); a hidden retry once reserved a unit per attempt (issue 12).
 
     No I/O happens here: the connection (and, on a cluster, the slot-map discovery) happens on the
     first command. Close with ``await client.aclose()``.
@@ -85,7 +91,7 @@ def connect(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aio
         "socket_connect_timeout": timeout_s,
         "decode_responses": False,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
-        "retry": _retry(),
+        "retry": _retry(retries),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "max_connections": MAX_CONNECTIONS,
     }
@@ -96,12 +102,14 @@ def connect(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aio
     return aioredis.Redis.from_url(url, **common)
 
 
-async def open_client(url: str, *, cluster: bool, timeout_ms: int) -> aioredis.Redis | aioredis.RedisCluster:
+async def open_client(
+    url: str, *, cluster: bool, timeout_ms: int, retries: int = RETRIES
+) -> aioredis.Redis | aioredis.RedisCluster:
     """:func:`connect`, then load the cluster's slot map (cluster) or PING (single server), so the
     first burst of commands is routed right. Raises the client's connection error if unreachable
     (the caller decides whether to start degraded); the client is closed before raising.
     """
-    client = connect(url, cluster=cluster, timeout_ms=timeout_ms)
+    client = connect(url, cluster=cluster, timeout_ms=timeout_ms, retries=retries)
     try:
         if isinstance(client, aioredis.RedisCluster):
             await client.initialize()
