@@ -136,7 +136,7 @@ return 1
 
 def to_milli(amount: float) -> int:
     """Currency to integer milli-units (rounded half away from zero, like a cashier)."""
-    return int(math.floor(amount * MILLI + 0.5))
+    return math.floor(amount * MILLI + 0.5)
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,9 @@ class MoneyStore:
         args: list[str | int] = [rebuilt.units, rebuilt.cost_milli, rebuilt.expire_at]
         for mid, (count, ts) in sorted(rebuilt.members.items()):
             args += [mid, f"{count}:{float(ts)!r}"]
-        await self._restore(keys=[self.money_key(rebuilt.offer_id), self.members_key(rebuilt.offer_id)], args=args)
+        await self._restore(
+            keys=[self.money_key(rebuilt.offer_id), self.members_key(rebuilt.offer_id)], args=args
+        )
         now = time.time()
         async with self.r.pipeline(transaction=False) as pipe:
             n = 0

@@ -45,7 +45,9 @@ def limits(
     )
 
 
-def run(backend: Backend, prefix: str, body: Callable[[MoneyStore], Awaitable[T]], timeout_ms: int = 2000) -> T:
+def run(
+    backend: Backend, prefix: str, body: Callable[[MoneyStore], Awaitable[T]], timeout_ms: int = 2000
+) -> T:
     async def main() -> T:
         client = await open_client(backend.url, cluster=backend.cluster, timeout_ms=timeout_ms, retries=0)
         try:
