@@ -48,10 +48,12 @@ def serve() -> None:
                 raise typer.BadParameter("environment=prod needs BENEFITS_REDIS_URL")
             from harness.embedded import start_redis
 
-            svc = start_redis()
+            svc = start_redis(data_dir=settings.embedded_redis_dir)
             stack.callback(svc.stop)
             logging.getLogger(__name__).warning(
-                "no BENEFITS_REDIS_URL: started an embedded Redis at %s", svc.url
+                "no BENEFITS_REDIS_URL: started an embedded Redis at %s (data: %s)",
+                svc.url,
+                settings.embedded_redis_dir or "not persisted",
             )
             settings = settings.model_copy(update={"redis_url": svc.url})
         run(settings)

@@ -47,7 +47,7 @@ def run_demo(
     workdir.mkdir(parents=True)
     settings = settings.model_copy(update={"registry_dir": workdir / "registry"})
     procs: list[stack.Proc] = []
-    with stack.infrastructure(settings) as (settings, started):
+    with stack.infrastructure(settings, redis_data_dir=workdir / "redis") as (settings, started):
         for svc in started:
             console.print(f"[dim]started embedded {svc.name} at {svc.url}[/dim]")
         try:

@@ -62,6 +62,7 @@ class EligibilityTable:
     min_tenure_days: np.ndarray = field(init=False)
     inventory: np.ndarray = field(init=False)
     budget: np.ndarray = field(init=False)
+    cost: np.ndarray = field(init=False)
     regions: dict[int, frozenset[str]] = field(init=False)
     max_impressions: np.ndarray = field(init=False)
     dismiss_cooldown_s: np.ndarray = field(init=False)
@@ -103,6 +104,7 @@ class EligibilityTable:
             n
         )
         self.budget = np.array([o.budget if o.budget is not None else _INF for o in offers]).reshape(n)
+        self.cost = np.array([o.cost for o in offers], dtype=np.float64).reshape(n)
         self.regions = {
             i: frozenset(o.eligibility.regions) for i, o in enumerate(offers) if o.eligibility.regions
         }
@@ -126,7 +128,8 @@ def evaluate(
     """Reason code per offer: -1 when eligible, else the index in :data:`RULES` of the first failing rule.
 
     ``claimed`` and ``cost_used`` are per-offer arrays (inventory reserved so far, budget spent so far);
-    missing means nothing used.
+    missing means nothing used. ``sold_out``/``budget_exhausted`` mean "one more claim would exceed it",
+    the same test the claim script (``infra.money_store``) makes atomically.
     """
     n = len(table.offers)
     reason = np.full(n, -1, dtype=np.int64)
@@ -159,7 +162,9 @@ def evaluate(
     if claimed is not None:
         fail("sold_out", claimed >= table.inventory)
     if cost_used is not None:
-        fail("budget_exhausted", cost_used >= table.budget)
+        # Exhausted when one more claim would overrun it (the claim script's own test, in milli-units:
+        # half a milli of slack so float sums of exact milli amounts agree with it).
+        fail("budget_exhausted", cost_used + table.cost > table.budget + 5e-4)
     if state.offers:
         claimed_bad = np.zeros(n, dtype=bool)
         dismissed_bad = np.zeros(n, dtype=bool)

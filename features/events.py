@@ -66,6 +66,9 @@ class Order(_Event, tag="order", frozen=True):
 
 class CouponClaim(_Event, tag="coupon_claim", frozen=True):
     offer_id: Id
+    #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
+    #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
+    cost: Money | None = None
 
 
 class CouponRedeem(_Event, tag="coupon_redeem", frozen=True):
@@ -75,10 +78,16 @@ class CouponRedeem(_Event, tag="coupon_redeem", frozen=True):
 
 class BenefitUse(_Event, tag="benefit_use", frozen=True):
     offer_id: Id
+    #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
+    #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
+    cost: Money | None = None
 
 
 class ConsultBooked(_Event, tag="consult_booked", frozen=True):
     offer_id: Id
+    #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
+    #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
+    cost: Money | None = None
 
 
 class Impression(_Event, tag="impression", frozen=True):

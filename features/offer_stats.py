@@ -46,7 +46,9 @@ def apply_offer_event(
         case ev.CouponClaim() | ev.BenefitUse() | ev.ConsultBooked():
             c = _get(stats, event.offer_id)
             c.claims += 1
-            if cost_of is not None:
+            if event.cost is not None:
+                c.cost_used += event.cost
+            elif cost_of is not None:
                 c.cost_used += cost_of.get(event.offer_id, 0.0)
         case ev.CouponRedeem():
             _get(stats, event.offer_id).redeems += 1

@@ -12,11 +12,16 @@ Order independence (event time, not arrival time) is a design rule for every fie
 - per-offer impression fatigue keeps the last few impression times and counts those after the last
   action at read time, instead of a running counter that a late event would corrupt.
 
-Hence a shuffled stream folds to the same state as the sorted one. Exactly-once *delivery* is the
-adapter's job (see ``features/redis_layout.py``); this fold is not idempotent by itself.
+Hence a shuffled stream folds to the same state as the sorted one. Exactly-once *delivery* of a Kafka
+record is the adapter's job (offset watermarks, see ``infra/redis_layout.py``). A *producer* retry is a
+second record with the same ``event_id``: the fold skips an event id it has already applied to this
+member, within a bounded window (:data:`APPLIED_IDS_KEPT`, below).
 """
 
 from __future__ import annotations
+
+import bisect
+import hashlib
 
 import msgspec
 
@@ -42,6 +47,12 @@ COUNTED_KINDS: tuple[str, ...] = (
 #: Bounds that keep a member's blob small (a few KB) whatever the member does.
 MAX_OFFERS_TRACKED = 96
 IMPRESSION_TIMES_KEPT = 16
+#: Event ids remembered per member to skip producer retries: those of the 64 latest events by
+#: (event_ts, id hash). A duplicate is skipped unless 64 or more newer events of the member were folded
+#: since the original (a retry comes seconds later, so in practice it always is). The window is a
+#: function of the *set* of events folded, not their arrival order, so order independence holds.
+#: Cost: 64 x (float + 64-bit hash), about 1.2 KB of a member's blob.
+APPLIED_IDS_KEPT = 64
 
 
 class OfferInteraction(msgspec.Struct, array_like=True, gc=False):
@@ -112,6 +123,8 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     last_event_ts: float = 0.0
     events_total: int = 0
     offers: dict[str, OfferInteraction] = {}
+    #: (event_ts, event id hash) of the latest applied events, ascending, at most APPLIED_IDS_KEPT.
+    applied: list[tuple[float, int]] = []
 
 
 def new_state(member_id: str) -> MemberState:
@@ -151,8 +164,37 @@ def _interaction(state: MemberState, offer_id: str) -> OfferInteraction:
     return inter
 
 
+def event_hash(event_id: str) -> int:
+    """A stable signed 64-bit hash of an event id (the id itself would cost 3x the bytes per entry)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def already_applied(state: MemberState, event: ev.Event) -> bool:
+    """True when this event id is in the member's window of applied events (a producer retry)."""
+    h = event_hash(event.event_id)
+    return any(x[1] == h for x in state.applied)
+
+
+def _remember(state: MemberState, event: ev.Event) -> bool:
+    """Add the event to the window; False (and nothing changes) when its id is there already."""
+    h = event_hash(event.event_id)
+    applied = state.applied
+    if any(x[1] == h for x in applied):
+        return False
+    entry = (event.event_ts, h)
+    if len(applied) >= APPLIED_IDS_KEPT:
+        if entry < applied[0]:
+            return True  # older than the whole window: applied, but not remembered
+        del applied[0]
+    bisect.insort(applied, entry)
+    return True
+
+
 def apply(state: MemberState, event: ev.Event) -> MemberState:
-    """Fold one event into the member's state (in place) and return it."""
+    """Fold one event into the member's state (in place) and return it; an event id already applied
+    to this member (within the window) changes nothing."""
+    if not _remember(state, event):
+        return state
     ts = event.event_ts
     kind = ev.event_type(event)
     if not state.member_id:

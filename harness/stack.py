@@ -127,13 +127,18 @@ def wait_ready(base_url: str, proc: Proc, timeout_s: float = 60.0) -> dict[str, 
 
 
 @contextlib.contextmanager
-def infrastructure(settings: Settings) -> Iterator[tuple[Settings, list[Service]]]:
-    """Yield settings pointing at real infrastructure, starting embedded Redis/broker where unset."""
+def infrastructure(
+    settings: Settings, redis_data_dir: Path | None = None
+) -> Iterator[tuple[Settings, list[Service]]]:
+    """Yield settings pointing at real infrastructure, starting embedded Redis/broker where unset.
+
+    ``redis_data_dir``: the embedded Redis persists there (AOF), see :func:`harness.embedded.start_redis`.
+    """
     started: list[Service] = []
     update: dict[str, Any] = {}
     try:
         if settings.redis_url is None:
-            svc = start_redis()
+            svc = start_redis(data_dir=redis_data_dir)
             started.append(svc)
             update["redis_url"] = svc.url
         if settings.kafka_bootstrap is None:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     redis_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,16}$")] = "bn"
     redis_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+    #: dev only (no redis_url): where the embedded Redis keeps its append-only file; None = not persisted
+    embedded_redis_dir: Path | None = Path("var/redis")
     kafka_bootstrap: str | None = None
     events_topic: str = "member-events"
     dead_letter_topic: str = "member-events-dlq"
@@ -40,6 +42,16 @@ class Settings(BaseSettings):
     member_ttl_seconds: Annotated[int, Field(ge=60)] = 90 * 24 * 3600
     stats_ttl_seconds: Annotated[int, Field(ge=60)] = 90 * 24 * 3600
     catalog_ttl_seconds: Annotated[int, Field(ge=3600)] = 365 * 24 * 3600
+
+    # --- claims and idempotency (infra/money_store.py)
+    #: how long the first outcome of an idempotency key (claims and feedback) is kept for retries
+    idempotency_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
+    #: money state (stock, budget used, per-member claims) outlives its campaign's end by this much
+    money_retention_seconds: Annotated[int, Field(ge=3600)] = 90 * 24 * 3600
+    #: socket timeout of one claim-script call; the money client never retries by itself
+    claim_redis_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 250
+    #: a claim retries its script (same key, so safe) until this deadline, then answers 503 "unknown"
+    claim_deadline_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
 
     # --- stream worker
     #: "batch": an aiokafka consumer-group member folding whole fetched batches (default; ~4x Faust's
@@ -79,6 +91,11 @@ class Settings(BaseSettings):
     slate_min_kinds: Annotated[int, Field(ge=1, le=3)] = 2
     value_weight: Annotated[float, Field(ge=0, le=10)] = 0.3
     exploration_epsilon: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("embedded_redis_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
 
     @field_validator("events_topic", "dead_letter_topic", "consumer_group")
     @classmethod
