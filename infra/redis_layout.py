@@ -281,7 +281,13 @@ class MemberStore:
         )
         return None if used < 0 else used
 
+    async def release(self, offer_id: str, n: int = 1) -> int:
+        """Give back ``n`` reserved units (a claim that was reserved but not recorded); returns units
+        used after. Not bounded below: only call it for units this caller reserved."""
+        return int(await self.r.decrby(self.layout.inventory_key(offer_id), n))
+
     async def reserved(self, offer_ids: list[str]) -> dict[str, int]:
+        """Units reserved so far per limited offer (offers never reserved are absent)."""
         if not offer_ids:
             return {}
         async with self.r.pipeline(transaction=False) as pipe:

@@ -1,14 +1,17 @@
 """The offer catalog in process: read from Redis in the background, never on the request path.
 
-The source of truth is the catalog hash and its version key (see ``features/redis_layout.py``). Every
-write (admin API) changes the hash and then bumps the version; every replica polls the version
-key each ``catalog_poll_seconds`` and, when it changed, rebuilds :class:`OfferTable` and
+The source of truth is the catalog hash and its version key, read and written by
+:class:`~infra.catalog_store.CatalogStore` (keys in ``infra/redis_layout.py``). Every write (admin API)
+changes the hash and then bumps the version; every replica polls the version key each
+``catalog_poll_seconds`` and, when it changed, rebuilds :class:`OfferTable` and
 :class:`EligibilityTable` and swaps a new immutable :class:`CatalogSnapshot` in with one assignment.
 
 Aggregate statistics (smoothed click/claim priors, budget spent) and inventory reserved so far are
 refreshed on the same timer into a new snapshot. Between two refreshes eligibility may let a just-sold-
 out offer through for up to one poll interval: the claim itself is the atomic gate (Lua reserve), so
 this never oversells, it only shows an offer that will answer "sold out".
+
+``CatalogStore`` is re-exported here for the modules that import it from ``service.catalog``.
 """
 
 from __future__ import annotations
@@ -21,28 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
 
 from features.demo_catalog import demo_catalog
 from features.eligibility import EligibilityTable
 from features.offer_stats import OfferCounters, merge_all
 from features.offers import Offer
 from features.projection import OfferTable
-from infra.redis_client import AnyRedis
-from infra.redis_layout import MemberStore, RedisLayout
+from infra.catalog_store import CatalogStore
+from infra.redis_layout import MemberStore
 
 log = logging.getLogger(__name__)
 
-# Insert every offer only if the catalog hash is empty, in one atomic step, so replicas starting
-# together cannot interleave two seeds. KEYS: catalog, version. ARGV: ttl, then id/json pairs.
-_SEED_LUA = """
-if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
-return 1
-"""
+__all__ = ["CatalogHolder", "CatalogSnapshot", "CatalogStore", "build_snapshot", "load_seed"]
 
 
 @dataclass(frozen=True)
@@ -128,73 +121,6 @@ def load_seed(path: Path | None, now: float) -> list[Offer]:
         return demo_catalog(start_ts=float(int(now // 86400) * 86400 - 86400))
     raw = orjson.loads(Path(path).read_bytes())
     return [Offer.model_validate(o) for o in raw]
-
-
-class CatalogStore:
-    """Catalog reads and writes in Redis (the hash + version key of the layout)."""
-
-    def __init__(self, client: AnyRedis, layout: RedisLayout) -> None:
-        self.r = client
-        self.layout = layout
-        self._seed = client.register_script(_SEED_LUA)
-
-    async def version(self) -> int:
-        raw = await self.r.get(self.layout.catalog_version_key)
-        return int(raw) if raw is not None else 0
-
-    async def read_all(self) -> tuple[int, list[Offer]]:
-        """(version, offers); invalid stored offers are skipped.
-
-        The version is read *before* the hash (one pipeline, no MULTI so it also works on a cluster,
-        where the two keys live in different slots): a write landing in between labels newer offers
-        with the older version, and the next poll sees the bumped version and reloads. The reverse
-        order could label old offers with the new version and miss the change.
-        """
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.get(self.layout.catalog_version_key)
-            pipe.hgetall(self.layout.catalog_key)
-            raw_version, raw_offers = await pipe.execute()
-        offers = []
-        for oid, raw in raw_offers.items():
-            try:
-                offers.append(Offer.model_validate_json(raw))
-            except ValidationError as exc:
-                log.error("stored offer %r is invalid, skipped: %s", oid, exc.errors()[:1])
-        return (int(raw_version) if raw_version is not None else 0), offers
-
-    async def get(self, offer_id: str) -> Offer | None:
-        raw = await self.r.hget(self.layout.catalog_key, offer_id)
-        return Offer.model_validate_json(raw) if raw is not None else None
-
-    async def put(self, offer: Offer) -> int:
-        """Create or replace one offer; returns the new catalog version.
-
-        Hash first, version bump second (pipelined in that order, no MULTI: cluster-safe); see
-        :meth:`read_all` for why a reader can never miss the change.
-        """
-        ttl = self.layout.catalog_ttl_seconds
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.hset(self.layout.catalog_key, offer.offer_id, offer.model_dump_json())
-            pipe.incr(self.layout.catalog_version_key)
-            pipe.expire(self.layout.catalog_key, ttl)
-            pipe.expire(self.layout.catalog_version_key, ttl)
-            res = await pipe.execute()
-        return int(res[1])
-
-    async def seed_if_empty(self, offers: list[Offer]) -> bool:
-        args: list[str | int] = [self.layout.catalog_ttl_seconds]
-        for o in offers:
-            args += [o.offer_id, o.model_dump_json()]
-        done = await self._seed(keys=[self.layout.catalog_key, self.layout.catalog_version_key], args=args)
-        return bool(done)
-
-    async def touch(self) -> None:
-        """Refresh the TTLs (every key has one; a live catalog must not expire)."""
-        ttl = self.layout.catalog_ttl_seconds
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.expire(self.layout.catalog_key, ttl)
-            pipe.expire(self.layout.catalog_version_key, ttl)
-            await pipe.execute()
 
 
 class CatalogHolder:

@@ -119,7 +119,7 @@ class FeedbackService:
             if reserved_units is not None:
                 # Give the unit back: the claim is not recorded anywhere, so it must not hold inventory.
                 try:
-                    await self.store.r.decrby(self.store.layout.inventory_key(offer_id), 1)
+                    await self.store.release(offer_id, 1)
                 except (RedisError, OSError):
                     log.error("could not release a reserved unit of %s after a failed publish", offer_id)
             self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()

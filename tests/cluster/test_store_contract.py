@@ -244,7 +244,7 @@ def test_catalog_store_on_both(backend: Backend, unique: str) -> None:
     """The API's catalog (service/catalog.py) writes ``P:{catalog}`` and its version key in one
     MULTI and one Lua script. On a cluster those two keys must share a slot."""
     from features.demo_catalog import demo_catalog
-    from service.catalog import CatalogStore
+    from infra.catalog_store import CatalogStore
 
     layout = _layout(unique)
     offers = demo_catalog(start_ts=1_700_000_000.0, n_offers=5)
