@@ -1,17 +1,30 @@
-"""The Redis layout: every key the system writes, its format and its TTL. The only module that knows.
+"""The Redis layout: every key the system writes, its format and its TTL. Key names live only here
+(:class:`RedisLayout`); the stores that use them live in ``infra/`` only: :class:`MemberStore` here
+(member state, offer statistics, inventory) and ``infra/catalog_store.py`` (the catalog).
 
 Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Cluster hash tag)::
 
-    P:m:{MEMBER_ID}:state      member blob: msgpack of StoredMember (state + applied Kafka offsets)
-                               SET with EX member_ttl_seconds on every write; GET on every request.
-    P:os:{pPARTITION}          per-partition offer counters: msgpack of StoredOfferStats
-                               (counters + applied offset); SET EX stats_ttl_seconds.
-    P:{catalog}                hash offer_id -> offer JSON (the live catalog); EXPIRE catalog_ttl_seconds,
-                               refreshed on every catalog write and by the service's catalog poller.
-    P:{catalog}:version        integer bumped on every catalog change; replicas poll it. Same hash tag
-                               as the catalog so that a write and its version bump are one MULTI/Lua
-                               call on a cluster.
-    P:inv:{OFFER_ID}           integer: units of a limited offer reserved so far (atomic Lua reserve).
+    P:m:{MEMBER_ID}:state      member blob: msgpack of StoredMember (state + applied Kafka offsets +
+                               layout version); SET with EX member_ttl_seconds on every write (worker),
+                               GET on every request (API). Deleted by erasure and by tombstones.
+    P:m:{MEMBER_ID}:*          the member's namespace: any later per-member key goes here (same slot),
+                               so erasure (SCAN + DEL of this pattern) removes it too.
+    P:os:{pPARTITION}          per-partition offer counters: msgpack of StoredOfferStats (counters +
+                               applied offset + layout version); SET EX stats_ttl_seconds (worker);
+                               SCANned by the API's usage refresh.
+    P:{catalog}                hash offer_id -> offer JSON (the live catalog); written by the admin API
+                               (HSET, or the seed-if-empty script), read by every replica's poller and
+                               the worker (offer costs); EXPIRE catalog_ttl_seconds, refreshed on every
+                               catalog write and by the service's catalog poller.
+    P:{catalog}:version        integer bumped on every catalog change; replicas and the worker poll it.
+                               Same hash tag as the catalog so that the seed script (both keys) is one
+                               call on a cluster; same TTL as the catalog.
+    P:inv:{OFFER_ID}           integer: units of a limited offer reserved so far (the atomic reserve
+                               script; DECRBY to give a unit back). EXPIRE refreshed on every reserve
+                               with the TTL the caller passes (the API uses stats_ttl_seconds).
+
+Scripts: ``_RESERVE_LUA`` (check-and-reserve one inventory key), ``_SET_MANY_LUA`` (the worker's batch
+write on a single node), and the catalog's seed-if-empty in ``infra/catalog_store.py``.
 
 Everything a member owns sits under ``P:m:{MEMBER_ID}:`` so erasure is one ``DEL`` per key in one
 slot, and a cluster never needs a cross-slot operation for a member.
@@ -21,10 +34,22 @@ dies. Each member blob records, per partition, the offset of the last event fold
 redelivered event at or below that offset is skipped. A member's events all come from one partition
 (key = member id), so the check is exact. Per-offer counters get the same treatment per partition:
 each partition has its own partial, with its own watermark, written by whichever worker owns it.
+
+Layout version: every blob carries ``layout`` and every read checks it against :data:`LAYOUT_VERSION`.
+A blob of another version is treated as **missing** (counted in ``MemberStore.stale_layout_reads``,
+logged): the member is cold, the worker folds them from a fresh state and overwrites the blob in the
+current layout, a partial restarts from nothing. Why missing, not an error: these blobs are derived
+data (the fold of the event log, which can be replayed), so losing one is what a TTL expiry already
+does, while misreading one whose fields changed meaning would serve and fold wrong numbers silently;
+raising would stop the worker (every member stale) over one format change. Money state (inventory,
+the catalog) is not a versioned blob and never affected. Hazards: bumping the version turns every
+member cold (replay the archive to rebuild); never run workers of two layout versions in one group
+(each would reset the other's blobs).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,21 +60,33 @@ import redis.asyncio as aioredis
 from features.offer_stats import OfferCounters
 from features.state import MemberState
 
+log = logging.getLogger(__name__)
+
+#: The blob format. Bump it with any change an older reader would misread (see "Layout version").
 LAYOUT_VERSION = 1
+#: The version of a blob without a ``layout`` field. Member blobs omit fields equal to their default
+#: (``omit_defaults``), so every member blob written at version 1 is unmarked: never change this, or
+#: old blobs would pass for the current version. The encoders stamp :data:`LAYOUT_VERSION`.
+UNMARKED_LAYOUT = 1
+
+
+class LayoutMismatch(msgspec.ValidationError):
+    """A stored blob of another layout version. A ``msgspec.ValidationError``, so a caller that already
+    treats an undecodable blob as unusable (the recommend path) treats this one the same way."""
 
 
 class StoredMember(msgspec.Struct, omit_defaults=True):
     state: MemberState
     #: partition -> offset of the last event folded into this blob.
     offsets: dict[int, int] = {}
-    layout: int = LAYOUT_VERSION
+    layout: int = UNMARKED_LAYOUT
 
 
 class StoredOfferStats(msgspec.Struct):
     partition: int
     offset: int
     counters: dict[str, OfferCounters]
-    layout: int = LAYOUT_VERSION
+    layout: int = UNMARKED_LAYOUT
 
 
 def _b(raw: bytes | str) -> bytes:
@@ -63,19 +100,31 @@ _stats_dec = msgspec.msgpack.Decoder(StoredOfferStats)
 
 
 def encode_member(stored: StoredMember) -> bytes:
+    """The blob of ``stored``, stamped with the current layout version (``stored.layout`` is set)."""
+    stored.layout = LAYOUT_VERSION
     return _member_enc.encode(stored)
 
 
 def decode_member(raw: bytes) -> StoredMember:
-    return _member_dec.decode(raw)
+    """The stored member; raises :class:`LayoutMismatch` for a blob of another layout version."""
+    stored = _member_dec.decode(raw)
+    if stored.layout != LAYOUT_VERSION:
+        raise LayoutMismatch(f"member blob has layout {stored.layout}, this code reads {LAYOUT_VERSION}")
+    return stored
 
 
 def encode_offer_stats(stored: StoredOfferStats) -> bytes:
+    """The blob of ``stored``, stamped with the current layout version (``stored.layout`` is set)."""
+    stored.layout = LAYOUT_VERSION
     return _member_enc.encode(stored)
 
 
 def decode_offer_stats(raw: bytes) -> StoredOfferStats:
-    return _stats_dec.decode(raw)
+    """The stored partial; raises :class:`LayoutMismatch` for a blob of another layout version."""
+    stored = _stats_dec.decode(raw)
+    if stored.layout != LAYOUT_VERSION:
+        raise LayoutMismatch(f"offer-stats blob has layout {stored.layout}, this code reads {LAYOUT_VERSION}")
+    return stored
 
 
 # Reserve ``n`` units of a limited offer only if it stays within ``limit``: check and increment in one
@@ -142,6 +191,32 @@ class MemberStore:
         self._set_many = client.register_script(_SET_MANY_LUA)
         # Multi-key commands (MGET, the SET script) are only safe when all keys are on one node.
         self._single_node = not isinstance(client, aioredis.RedisCluster)
+        #: Blobs of another layout version read (and treated as missing) by this store.
+        self.stale_layout_reads = 0
+
+    def _stale(self, exc: LayoutMismatch) -> None:
+        self.stale_layout_reads += 1
+        n = self.stale_layout_reads
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: visible without flooding the log
+            log.warning("%s; treated as missing (%d such blobs read so far)", exc, n)
+
+    def _member(self, raw: bytes | None) -> StoredMember | None:
+        if raw is None:
+            return None
+        try:
+            return decode_member(raw)
+        except LayoutMismatch as exc:
+            self._stale(exc)
+            return None
+
+    def _offer_stats(self, raw: bytes | None) -> StoredOfferStats | None:
+        if raw is None:
+            return None
+        try:
+            return decode_offer_stats(raw)
+        except LayoutMismatch as exc:
+            self._stale(exc)
+            return None
 
     # -- members -------------------------------------------------------------------------------------
     async def get_member_raw(self, member_id: str) -> bytes | None:
@@ -150,8 +225,8 @@ class MemberStore:
         return _b(raw) if raw is not None else None
 
     async def get_member(self, member_id: str) -> StoredMember | None:
-        raw = await self.get_member_raw(member_id)
-        return decode_member(raw) if raw is not None else None
+        """The member, or None when absent or of another layout version."""
+        return self._member(await self.get_member_raw(member_id))
 
     async def get_members(self, member_ids: list[str]) -> list[StoredMember | None]:
         """Read many members in one pipelined round trip (non-transactional, so it works on a cluster)."""
@@ -161,7 +236,7 @@ class MemberStore:
             for mid in member_ids:
                 pipe.get(self.layout.member_key(mid))
             raws = await pipe.execute()
-        return [decode_member(raw) if raw is not None else None for raw in raws]
+        return [self._member(raw) for raw in raws]
 
     async def put_members(self, members: Iterable[StoredMember]) -> int:
         """Write blobs (each with its TTL) in one pipelined round trip; returns how many."""
@@ -188,7 +263,7 @@ class MemberStore:
     # -- per-partition offer statistics ------------------------------------------------------------
     async def get_offer_stats(self, partition: int) -> StoredOfferStats | None:
         raw = await self.r.get(self.layout.offer_stats_key(partition))
-        return decode_offer_stats(_b(raw)) if raw is not None else None
+        return self._offer_stats(_b(raw) if raw is not None else None)
 
     async def put_offer_stats(self, stored: StoredOfferStats) -> None:
         await self.r.set(
@@ -216,8 +291,8 @@ class MemberStore:
                     pipe.get(key)
                 raws = await pipe.execute()
         n = len(member_ids)
-        members = [decode_member(raw) if raw is not None else None for raw in raws[:n]]
-        stats = [decode_offer_stats(raw) if raw is not None else None for raw in raws[n:]]
+        members = [self._member(raw) for raw in raws[:n]]
+        stats = [self._offer_stats(raw) for raw in raws[n:]]
         return members, stats
 
     async def write_batch(self, members: Iterable[StoredMember], stats: Iterable[StoredOfferStats]) -> int:
@@ -269,8 +344,9 @@ class MemberStore:
         out = []
         for key in keys:
             raw = await self.r.get(key)
-            if raw is not None:
-                out.append(decode_offer_stats(_b(raw)))
+            stored = self._offer_stats(_b(raw) if raw is not None else None)
+            if stored is not None:
+                out.append(stored)
         return out
 
     # -- inventory -----------------------------------------------------------------------------------
