@@ -14,7 +14,9 @@ from features.state import new_state
 from harness import stream_driver as h
 from infra.redis_client import open_client
 from infra.redis_layout import MemberStore, RedisLayout, StoredMember, StoredOfferStats
-from stream.worker import BatchProcessor, RawRecord, StreamMetrics
+from stream.batch import BatchProcessor
+from stream.metrics import StreamMetrics
+from stream.records import RawRecord
 from tests.cluster.conftest import Backend
 from tests.cluster.test_store_contract import node_keys
 

@@ -14,7 +14,7 @@ import pytest
 
 from features import events as ev
 from harness import stream_driver as h
-from stream.worker import decode_dead_letter
+from stream.records import decode_dead_letter
 
 pytestmark = pytest.mark.integration
 

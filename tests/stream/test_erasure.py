@@ -15,7 +15,9 @@ from features import events as ev
 from features.state import fold
 from harness.embedded import Service
 from infra.redis_layout import MemberStore, RedisLayout, StoredMember
-from stream.worker import BatchProcessor, RawRecord, StreamMetrics
+from stream.batch import BatchProcessor
+from stream.metrics import StreamMetrics
+from stream.records import RawRecord
 from tests.core.test_fold import assert_states_equal
 
 pytestmark = pytest.mark.integration
