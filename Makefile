@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit integration bench loadtest reliability clean
+.PHONY: install demo test lint typecheck unit integration property bench loadtest reliability clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: install lint typecheck
 
 unit: install
 	$(BIN)/pytest -m "not integration and not slow"
+
+# The property suites (hypothesis) with many more examples than `make test` runs.
+property: install
+	$(BIN)/pytest -q --hypothesis-profile=long -k "properties"
 
 bench: install
 	$(BIN)/python -m benchmarks.ranking

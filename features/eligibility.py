@@ -9,7 +9,8 @@ Rules, in the order they are reported (the first failing rule is the reason):
 ``inactive``, ``not_started``, ``expired``, ``tier``, ``paid_only``, ``region``, ``channel``,
 ``page_type``, ``birthday_month``, ``tenure``, ``sold_out``, ``budget_exhausted``, ``claimed``
 (member reached the per-member claim cap or is in the post-claim cool-down), ``dismissed`` (post-dismiss
-cool-down), ``fatigue`` (too many impressions without any action).
+cool-down of the offer or of any offer of its family, :attr:`Offer.family_key`), ``fatigue`` (too many
+impressions without any action).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class EligibilityTable:
     dismiss_cooldown_s: np.ndarray = field(init=False)
     claim_cooldown_s: np.ndarray = field(init=False)
     max_claims: np.ndarray = field(init=False)
+    #: Family number per offer (offers with one :attr:`Offer.family_key` share it).
+    family_idx: np.ndarray = field(init=False)
+    #: Family number -> offer positions, for families of more than one offer.
+    family_members: dict[int, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
         offers = self.offers
@@ -114,6 +119,14 @@ class EligibilityTable:
         self.dismiss_cooldown_s = np.array([o.caps.cooldown_after_dismiss_hours * HOUR for o in offers])
         self.claim_cooldown_s = np.array([o.caps.cooldown_after_claim_hours * HOUR for o in offers])
         self.max_claims = np.array([o.caps.max_claims_per_member for o in offers], dtype=np.int64)
+        families: dict[str, int] = {}
+        self.family_idx = np.array(
+            [families.setdefault(o.family_key, len(families)) for o in offers], dtype=np.int64
+        ).reshape(n)
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(self.family_idx.tolist()):
+            groups.setdefault(f, []).append(i)
+        self.family_members = {f: np.array(ix) for f, ix in groups.items() if len(ix) > 1}
 
 
 def evaluate(
@@ -178,7 +191,10 @@ def evaluate(
             ):
                 claimed_bad[j] = True
             if inter.last_dismiss_ts and now - inter.last_dismiss_ts < table.dismiss_cooldown_s[j]:
-                dismissed_bad[j] = True
+                # The whole family cools down: a clone of a dismissed offer is the same offer to the
+                # member. The dismissed offer's own cool-down applies to its family.
+                clones = table.family_members.get(int(table.family_idx[j]))
+                dismissed_bad[clones if clones is not None else j] = True
             if inter.impressions_since_action() >= table.max_impressions[j]:
                 fatigue_bad[j] = True
         fail("claimed", claimed_bad)

@@ -124,6 +124,17 @@ class Offer(BaseModel):
     #: Pinned offers are placed first when eligible (e.g. a sale-day hero coupon).
     pinned: bool = False
     active: bool = True
+    #: Dedupe key: offers of one family are interchangeable to the member (clones of one coupon in two
+    #: campaigns). A slate holds at most one per family and a dismissal cools the whole family down.
+    #: None = derived from kind, subtype, value and threshold (:attr:`family_key`).
+    family: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @property
+    def family_key(self) -> str:
+        """The offer's family: the explicit ``family``, else ``kind:subtype:value:threshold``."""
+        if self.family is not None:
+            return f"family:{self.family}"
+        return f"{self.kind}:{self.subtype}:{self.value:g}:{self.threshold:g}"
 
     @model_validator(mode="after")
     def _consistent(self) -> Offer:

@@ -96,6 +96,8 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     last_ts: dict[str, float] = {}
     #: Browsing interest per category (page views and searches; add-to-cart weighs 3).
     cat_interest: dict[str, Decayed] = {}
+    #: Latest browsing time per category (a maximum: order independent); premise of "browsed this week".
+    cat_last_ts: dict[str, float] = {}
     #: Purchases per category (each order counts once per category it contains).
     cat_orders: dict[str, Decayed] = {}
     spend: Decayed = msgspec.field(default_factory=Decayed)
@@ -151,6 +153,11 @@ def _bump(table: dict[str, Decayed], key: str, ts: float, weight: float = 1.0) -
     if counter is None:
         counter = table[key] = Decayed()
     counter.add(ts, weight)
+
+
+def _latest(table: dict[str, float], key: str, ts: float) -> None:
+    if ts > table.get(key, 0.0):
+        table[key] = ts
 
 
 def _interaction(state: MemberState, offer_id: str) -> OfferInteraction:
@@ -214,8 +221,11 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
             c = _category(cat)
             if c is not None:
                 _bump(state.cat_interest, c, ts)
+                _latest(state.cat_last_ts, c, ts)
         case ev.AddToCart(category=cat):
-            _bump(state.cat_interest, _category(cat) or "other", ts, 3.0)
+            c = _category(cat) or "other"
+            _bump(state.cat_interest, c, ts, 3.0)
+            _latest(state.cat_last_ts, c, ts)
         case ev.Order():
             state.spend.add(ts, event.amount)
             state.items.add(ts, float(event.items))

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.offers import CATEGORIES
 from infra.redis_layout import RedisLayout
 
 _DEV_KEYS = {"dev-storefront-key", "dev-admin-key"}
@@ -89,8 +90,30 @@ class Settings(BaseSettings):
     # --- ranking policy
     slate_max_per_category: Annotated[int, Field(ge=1, le=50)] = 2
     slate_min_kinds: Annotated[int, Field(ge=1, le=3)] = 2
-    value_weight: Annotated[float, Field(ge=0, le=10)] = 0.3
     exploration_epsilon: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    # --- objective (service/objective.py): p * (claim_value + value_weight * value) * pacing
+    #     - cost_weight * p * cost
+    objective_claim_value: Annotated[float, Field(ge=0, le=1e6)] = 20.0
+    value_weight: Annotated[float, Field(ge=0, le=10)] = 0.3
+    cost_weight: Annotated[float, Field(ge=0, le=10)] = 1.0
+    pacing_floor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    pacing_reserve_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    # --- reasons (service/reasons.py): premise thresholds and categories never quoted back
+    reason_min_browse_weight: Annotated[float, Field(gt=0, le=1000)] = 3.0
+    reason_min_category_orders: Annotated[float, Field(gt=0, le=1000)] = 3.0
+    reason_min_orders: Annotated[int, Field(ge=1, le=1000)] = 3
+    reason_frequent_orders: Annotated[float, Field(gt=0, le=1000)] = 3.0
+    reason_near_threshold_share: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    reason_coupon_order_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    reason_min_coupon_claims: Annotated[float, Field(gt=0, le=1000)] = 2.0
+    reason_high_value_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    reason_limited_share: Annotated[float, Field(gt=0, le=1)] = 0.8
+    reason_popular_min_impressions: Annotated[int, Field(ge=1)] = 200
+    reason_popular_min_claims: Annotated[int, Field(ge=1)] = 20
+    #: Categories whose browsing, purchases or pages are never quoted back (health data, pregnancy).
+    sensitive_categories: list[str] = ["health", "baby"]
 
     @field_validator("embedded_redis_dir", mode="before")
     @classmethod
@@ -102,6 +125,14 @@ class Settings(BaseSettings):
     def _kafka_name(cls, v: str) -> str:
         if not v or len(v) > 200 or not all(c.isalnum() or c in "._-" for c in v):
             raise ValueError("must be 1-200 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("sensitive_categories")
+    @classmethod
+    def _known_categories(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {list(CATEGORIES)}")
         return v
 
     @model_validator(mode="after")

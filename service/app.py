@@ -35,8 +35,8 @@ from service.feedback import FeedbackService
 from service.metrics import Metrics
 from service.middleware import EdgeLimits
 from service.model import ModelHolder
+from service.policy import policy_from
 from service.publisher import Publisher
-from service.ranking import Policy
 from service.recommend import Recommender
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
         publisher = Publisher(
             settings.kafka_bootstrap, settings.events_topic, max_pending=max(1, settings.max_in_flight // 4)
         )
-        policy = Policy(
-            max_per_category=settings.slate_max_per_category,
-            min_kinds=settings.slate_min_kinds,
-            value_weight=settings.value_weight,
-            epsilon=settings.exploration_epsilon,
-        )
+        policy = policy_from(settings)
         res = Resources(
             settings=settings,
             redis=client,

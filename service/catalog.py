@@ -50,11 +50,18 @@ class CatalogSnapshot:
     claimed: np.ndarray
     #: Budget spent per offer, aligned with ``offers``.
     cost_used: np.ndarray
-    #: Multiplier in (0, 1]: < 1 when a budgeted offer spends ahead of its campaign schedule.
-    pacing: np.ndarray
+    #: Share of the budget not yet spent, in [0, 1] (1 for unbudgeted offers); feeds the pacing of
+    #: ``service.objective``.
+    budget_left: np.ndarray
+    #: Campaign window per offer (NaN when the offer has none); pacing compares budget to time left.
+    campaign_start: np.ndarray
+    campaign_end: np.ndarray
     #: offer value scaled to [0, 1] by the catalog maximum (value-aware score).
     value_norm: np.ndarray
     pinned: np.ndarray
+    #: Aggregate impressions and claims per offer (all replicas' statistics): premises of reasons.
+    impressions: np.ndarray
+    claims: np.ndarray
     loaded_at: float = field(default_factory=time.time)
 
     def __len__(self) -> int:
@@ -99,19 +106,37 @@ def _with_usage(
         table = copy.copy(table)
         table.static = table.static.copy()
         table.with_stats(stats, reserved)
-    pacing = np.ones(n, dtype=np.float64)
+    budget_left = np.ones(n, dtype=np.float64)
     for i, o in enumerate(offers):
-        if o.budget is None or o.budget <= 0 or o.campaign_start_ts is None or o.campaign_end_ts is None:
-            continue
-        duration = o.campaign_end_ts - o.campaign_start_ts
-        time_left = min(1.0, max(0.0, (o.campaign_end_ts - now) / duration))
-        budget_left = max(0.0, 1.0 - cost_used[i] / o.budget)
-        # On schedule (budget left >= time left) -> 1; spending ahead of schedule -> damped, floor 0.1.
-        pacing[i] = 1.0 if budget_left >= time_left else max(0.1, budget_left / max(time_left, 1e-6))
+        if o.budget is not None:
+            budget_left[i] = max(0.0, 1.0 - cost_used[i] / o.budget) if o.budget > 0 else 0.0
+    nan = float("nan")
+    start = np.array([o.campaign_start_ts if o.campaign_start_ts is not None else nan for o in offers])
+    end = np.array([o.campaign_end_ts if o.campaign_end_ts is not None else nan for o in offers])
+    impressions = np.zeros(n, dtype=np.float64)
+    claims = np.zeros(n, dtype=np.float64)
+    for oid, c in stats.items():
+        i = table.index.get(oid)
+        if i is not None:
+            impressions[i], claims[i] = c.impressions, c.claims
     max_value = float(table.value.max()) if n else 0.0
     value_norm = table.value / max_value if max_value > 0 else np.zeros(n)
     pinned = np.array([o.pinned for o in offers], dtype=bool)
-    return CatalogSnapshot(version, offers, table, elig, claimed, cost_used, pacing, value_norm, pinned)
+    return CatalogSnapshot(
+        version=version,
+        offers=offers,
+        table=table,
+        elig=elig,
+        claimed=claimed,
+        cost_used=cost_used,
+        budget_left=budget_left,
+        campaign_start=start.reshape(n),
+        campaign_end=end.reshape(n),
+        value_norm=value_norm,
+        pinned=pinned,
+        impressions=impressions,
+        claims=claims,
+    )
 
 
 def load_seed(path: Path | None, now: float) -> list[Offer]:

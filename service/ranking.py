@@ -4,16 +4,16 @@
       -> eligibility (features.eligibility.evaluate: a reason code per offer)
       -> feature rows (features.projection.rows; the model only sees eligible rows)
       -> ONNX scores p(claim | shown)                       [personalised modes]
-         or the offer's smoothed prior click rate            [non-personalised / fallback]
-      -> value-aware score = p * (1 + value_weight * value_norm) * pacing
-         (expected value to the member, damped for offers spending their budget ahead of schedule)
-      -> slate rules: pinned first; at most ``max_per_category`` per category; at least
+         or the offer's smoothed prior claim rate                [non-personalised / fallback]
+      -> the objective (service.objective): p * member value * pacing - cost_weight * p * cost
+      -> slate rules: pinned first; at most one offer per family (``Offer.family_key``); at most
+         ``max_per_category`` per category (offers without one count as one more category); at least
          ``min_kinds`` kinds (coupon / benefit / consult) when the eligible set has them
       -> top-k, each with reason codes and a sentence, and its propensity (probability of being shown
          at that position under epsilon-greedy exploration; 1.0 when exploration is off).
 
-Reasons are read off the feature row that the model scored (what the member did, the page, the offer),
-never off sensitive attributes: no age, no gender, and health browsing is never quoted back.
+Reasons (service.reasons) are emitted only when their premise holds of the member's state, the page,
+the offer and its statistics; sensitive categories are never quoted back.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from features.eligibility import RULES, evaluate
-from features.events import TIERS
-from features.offers import CATEGORIES, Offer
-from features.projection import FEATURE_INDEX, OFFER_FEATURES, Context, rows
+from features.projection import OFFER_FEATURES, Context, rows
 from features.state import MemberState
+from service import objective as obj
 from service.catalog import CatalogSnapshot
 from service.model import LoadedModel
+from service.reasons import OfferFacts, ReasonRules, reasons
 
 
 class Mode(enum.StrEnum):
@@ -45,8 +45,9 @@ class Mode(enum.StrEnum):
 class Policy:
     max_per_category: int = 2
     min_kinds: int = 2
-    value_weight: float = 0.3
     epsilon: float = 0.0
+    objective: obj.Objective = field(default_factory=obj.Objective)
+    reasons: ReasonRules = field(default_factory=ReasonRules)
 
 
 @dataclass
@@ -106,13 +107,8 @@ EXCLUSION_SENTENCES: dict[str, str] = {
 }
 assert set(EXCLUSION_SENTENCES) == set(RULES)
 
-#: Categories whose browsing is never quoted back to the member (health data is sensitive).
-SENSITIVE_CATEGORIES = frozenset({"health"})
-
-_F = FEATURE_INDEX
-_NO_CATEGORY = len(CATEGORIES)
-#: Column of OfferTable.static holding the smoothed click-rate prior (the non-personalised score).
-_PRIOR_CTR = OFFER_FEATURES.index("offer_prior_ctr")
+#: Column of OfferTable.static holding the smoothed claim-rate prior (P(claim) without a model).
+_PRIOR_CLAIM = OFFER_FEATURES.index("offer_prior_claim_rate")
 
 
 def rank(
@@ -142,15 +138,20 @@ def rank(
     if x is not None and model is not None:
         base = model.predict(x).astype(np.float64)
     else:
-        base = snap.table.static[eligible, _PRIOR_CTR].astype(np.float64)
+        base = snap.table.static[eligible, _PRIOR_CLAIM].astype(np.float64)
     t2 = time.perf_counter()
-    score = base * (1.0 + policy.value_weight * snap.value_norm[eligible]) * snap.pacing[eligible]
+    score = objective_scores(snap, eligible, base, now, policy.objective)
     picks = _slate(snap, eligible, score, limit, policy, rng)
     items = []
     for pos, (j, prop) in enumerate(picks):
         i = int(eligible[j])
         o = snap.offers[i]
-        row = x[j] if x is not None else None
+        facts = OfferFacts(
+            float(snap.value_norm[i]),
+            float(snap.claimed[i]),
+            float(snap.impressions[i]),
+            float(snap.claims[i]),
+        )
         items.append(
             RankedOffer(
                 offer_id=o.offer_id,
@@ -162,7 +163,7 @@ def rank(
                 score=round(float(score[j]), 6),
                 position=pos,
                 propensity=round(prop, 6),
-                reasons=reasons_for(o, row, state if personal else None, snap, i, context),
+                reasons=reasons(o, facts, state if personal else None, context, now, policy.reasons),
             )
         )
     excluded = None
@@ -186,6 +187,15 @@ def rank(
     )
 
 
+def objective_scores(
+    snap: CatalogSnapshot, eligible: np.ndarray, p: np.ndarray, now: float, objective: obj.Objective
+) -> np.ndarray:
+    """The objective (``service.objective.score``) of the ``eligible`` offers, claim probability ``p``."""
+    time_left = obj.time_left_share(snap.campaign_start[eligible], snap.campaign_end[eligible], now)
+    pace = obj.pacing(snap.budget_left[eligible], time_left, objective)
+    return obj.score(p, snap.table.value[eligible], snap.table.cost[eligible], pace, objective)
+
+
 def _slate(
     snap: CatalogSnapshot,
     eligible: np.ndarray,
@@ -201,23 +211,25 @@ def _slate(
     pinned = snap.pinned[eligible]
     kinds = snap.table.kind_idx[eligible]
     cats = snap.table.category_idx[eligible]
+    families = snap.elig.family_idx[eligible]
     # Pinned first, then by score; stable on the catalog order (offer id) for ties.
     order = np.lexsort((-score, ~pinned)).tolist()
     limit = min(limit, n)
     need_kinds = min(policy.min_kinds, limit, len(set(kinds.tolist())))
-    kinds_l, cats_l, pinned_l = kinds.tolist(), cats.tolist(), pinned.tolist()
+    kinds_l, cats_l, pinned_l, fam_l = kinds.tolist(), cats.tolist(), pinned.tolist(), families.tolist()
     kinds_in: set[int] = set()
+    families_in: set[int] = set()
     per_cat: dict[int, int] = {}
     picks: list[tuple[int, float]] = []
     taken: set[int] = set()
 
     def allowed(j: int) -> bool:
-        if j in taken:
-            return False
+        if j in taken or fam_l[j] in families_in:
+            return False  # one offer per family, pinned or not: two clones are one offer to the member
         if pinned_l[j]:
             return True  # pinned offers bypass the mix and category rules (they still count toward them)
-        c = cats_l[j]
-        if c != _NO_CATEGORY and per_cat.get(c, 0) >= policy.max_per_category:
+        # "No category" is one more category (index len(CATEGORIES)): it obeys the cap like the others.
+        if per_cat.get(cats_l[j], 0) >= policy.max_per_category:
             return False
         missing = need_kinds - len(kinds_in)
         return not (missing > 0 and missing >= limit - len(picks) and kinds_l[j] in kinds_in)
@@ -237,85 +249,8 @@ def _slate(
             prop = (1.0 - policy.epsilon) * (chosen == best) + policy.epsilon / len(valid)
         picks.append((chosen, prop))
         taken.add(chosen)
+        families_in.add(fam_l[chosen])
         kinds_in.add(kinds_l[chosen])
         c = cats_l[chosen]
-        if c != _NO_CATEGORY:
-            per_cat[c] = per_cat.get(c, 0) + 1
+        per_cat[c] = per_cat.get(c, 0) + 1
     return picks
-
-
-def _r(code: str, text: str) -> dict[str, str]:
-    return {"code": code, "text": text}
-
-
-def reasons_for(
-    offer: Offer,
-    row: np.ndarray | None,
-    state: MemberState | None,
-    snap: CatalogSnapshot,
-    i: int,
-    context: Context,
-    max_reasons: int = 3,
-) -> list[dict[str, str]]:
-    """Reason codes and sentences for one shown offer, strongest first.
-
-    ``row`` and ``state`` are None in non-personalised modes: then only offer and page facts are used.
-    """
-    out: list[dict[str, str]] = []
-    cat = offer.category
-    if offer.pinned:
-        out.append(_r("featured", "Featured offer."))
-    if context.category is not None and cat == context.category:
-        out.append(_r("page_context", f"Matches the {cat} page you are viewing."))
-    if row is not None and state is not None:
-        out.extend(_personal_reasons(offer, row, state))
-    if snap.value_norm[i] >= 0.5:
-        out.append(_r("high_value", f"A high-value offer, worth {offer.value:.0f}."))
-    if offer.inventory is not None and snap.claimed[i] >= 0.8 * offer.inventory:
-        out.append(_r("limited_quantity", "Limited quantity: almost gone."))
-    if not out:
-        out.append(_r("popular", "Popular with members."))
-    return out[:max_reasons]
-
-
-def _personal_reasons(offer: Offer, row: np.ndarray, state: MemberState) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    cat = offer.category
-    avg_basket = float(row[_F["avg_basket"]])
-    if row[_F["birthday_month_now"]] >= 1.0 and (
-        offer.eligibility.birthday_month_only or offer.subtype == "birthday_gift"
-    ):
-        out.append(_r("birthday_month", "It is your birthday month."))
-    if cat is not None and cat not in SENSITIVE_CATEGORIES:
-        if row[_F["cat_interest_7d"]] >= 1.0:
-            out.append(_r("category_interest", f"You browsed {cat} products this week."))
-        elif row[_F["cat_orders_30d"]] >= 1.0:
-            out.append(_r("category_purchases", f"You often buy {cat} products."))
-    if offer.subtype in ("free_shipping", "shipping"):
-        if offer.threshold > 0 and avg_basket >= offer.threshold:
-            out.append(
-                _r(
-                    "free_shipping_basket",
-                    f"Free shipping: your basket usually exceeds the {offer.threshold:.0f} threshold.",
-                )
-            )
-        elif row[_F["orders_30d"]] >= 2.0:
-            out.append(_r("frequent_orders", "Free shipping: you order often."))
-    elif offer.threshold > 0 and avg_basket >= 0.8 * offer.threshold:
-        out.append(
-            _r(
-                "threshold_within_reach",
-                f"Your usual basket is close to the {offer.threshold:.0f} threshold.",
-            )
-        )
-    if offer.eligibility.tiers and state.tier in offer.eligibility.tiers and state.tier in TIERS[1:]:
-        out.append(_r("tier_benefit", f"A benefit of your {state.tier} membership."))
-    if offer.eligibility.paid_only and state.paid_member:
-        out.append(_r("paid_membership", "Included with your paid membership."))
-    if offer.kind == "coupon" and (
-        row[_F["coupon_order_share"]] >= 0.3 or row[_F["coupon_claims_30d"]] >= 2.0
-    ):
-        out.append(_r("coupon_habit", "You often use coupons."))
-    if offer.kind == "consult" and row[_F["consults_30d"]] > 0.0:
-        out.append(_r("consult_history", "You have booked consultations before."))
-    return out

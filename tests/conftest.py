@@ -12,8 +12,20 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from harness.embedded import Service, create_topics, start_broker, start_redis
+
+# Property tests: a bounded run in `make test` ("ci", the default) and a long one in `make property`
+# (`pytest --hypothesis-profile=long`). No deadline: the shared 2-core box stalls now and then.
+hypothesis_settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

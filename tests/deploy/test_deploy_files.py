@@ -418,9 +418,7 @@ def _dashboard_metrics() -> list[Any]:
         marks = (
             ()
             if ok
-            else (
-                pytest.mark.xfail(strict=False, reason=f"{name} not (yet) defined by a runtime package"),
-            )
+            else (pytest.mark.xfail(strict=False, reason=f"{name} not (yet) defined by a runtime package"),)
         )
         params.append(pytest.param(name, marks=marks, id=name))
     return params

@@ -1,0 +1,92 @@
+"""The ranking objective, written down once: what a slot is worth for one offer shown to one member.
+
+For eligible offer ``i`` with calibrated claim probability ``p_i`` (the model's, or the offer's
+smoothed prior claim rate when no model scores)::
+
+    score_i = p_i * member_value_i * pacing_i  -  cost_weight * p_i * cost_i
+
+    member_value_i = claim_value + value_weight * value_i        (currency)
+
+- ``value_i`` is what the member gets (discount, worth of a benefit), ``cost_i`` what one claim costs
+  the business (drawn from the budget); both in currency, from the offer.
+- ``claim_value`` (currency) is what the programme gains from one claim beyond the member's own
+  value (an engaged member); ``value_weight`` and ``cost_weight`` trade the three off. Costs are only
+  paid when a claim happens, hence ``p_i * cost_i``: an expected cost, like the expected gain.
+- ``pacing_i`` in ``[floor, 1]`` damps the gain (never the cost, so a damped offer can only fall) of
+  a budgeted offer that (a) spends ahead of its campaign schedule (share of budget left below the
+  share of time left: ``budget_left / time_left``), or (b) has nearly spent its budget (share left
+  below ``reserve_fraction``: ``budget_left / reserve_fraction``); the smaller factor wins.
+  Unbudgeted offers have pacing 1.
+
+Consequences the tests hold the code to: for the same ``p`` a higher cost ranks lower; for the same
+``p`` and offer, a budget nearly spent ranks lower; with ``cost_weight = 0`` and no budgets the order
+is ``p * member_value``.
+
+Vectorised over the eligible offers (numpy, a handful of array operations: microseconds at 500 offers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Weights of the objective (settings ``objective_claim_value``, ``value_weight``, ``cost_weight``,
+    ``pacing_*``)."""
+
+    #: Currency the programme gains from one claim, besides the member's value.
+    claim_value: float = 20.0
+    #: Weight of the member's value of the offer (per currency of ``Offer.value``).
+    value_weight: float = 0.3
+    #: Weight of the expected cost (per currency of ``Offer.cost``).
+    cost_weight: float = 1.0
+    #: Lowest pacing factor (an offer far ahead of schedule keeps this share of its gain).
+    pacing_floor: float = 0.1
+    #: Share of budget below which an offer's gain is damped whatever the schedule.
+    pacing_reserve_fraction: float = 0.1
+
+
+def pacing(
+    budget_left: np.ndarray,
+    time_left: np.ndarray,
+    objective: Objective,
+) -> np.ndarray:
+    """Pacing factor per offer in ``[pacing_floor, 1]``.
+
+    ``budget_left``: share of the budget not yet spent, in [0, 1] (1 for unbudgeted offers);
+    ``time_left``: share of the campaign still to run, in [0, 1] (0 for offers without a campaign
+    window, so the schedule never damps them).
+    """
+    b = np.clip(budget_left, 0.0, 1.0)
+    t = np.clip(time_left, 0.0, 1.0)
+    # Ahead of schedule when less budget than time is left; on or behind schedule -> 1.
+    schedule = np.where(b >= t, 1.0, b / np.maximum(t, 1e-9))
+    reserve = max(objective.pacing_reserve_fraction, 1e-9)
+    nearly_spent = np.minimum(1.0, b / reserve)
+    out: np.ndarray = np.clip(np.minimum(schedule, nearly_spent), objective.pacing_floor, 1.0)
+    return out
+
+
+def score(
+    p: np.ndarray,
+    value: np.ndarray,
+    cost: np.ndarray,
+    pace: np.ndarray,
+    objective: Objective,
+) -> np.ndarray:
+    """``p * (claim_value + value_weight * value) * pace - cost_weight * p * cost`` per offer."""
+    member_value = objective.claim_value + objective.value_weight * value
+    out: np.ndarray = p * (member_value * pace - objective.cost_weight * cost)
+    return out
+
+
+def time_left_share(start: np.ndarray, end: np.ndarray, now: float) -> np.ndarray:
+    """Share of each campaign still to run at ``now`` (NaN bounds = no window -> 0)."""
+    with np.errstate(invalid="ignore"):
+        duration = end - start
+        share = (end - now) / np.where(duration > 0, duration, np.nan)
+    out: np.ndarray = np.nan_to_num(np.clip(share, 0.0, 1.0), nan=0.0)
+    return out

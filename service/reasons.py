@@ -1,0 +1,234 @@
+"""Reasons shown with an offer: each one a stable code whose premise is true, then one sentence.
+
+A reason is emitted only when its premise holds of the member's state, the page, the offer and the
+offer's aggregate statistics at ``now``; the premises, in order of strength:
+
+====================== =================================================================================
+code                   premise (thresholds are :class:`ReasonRules`, set from ``reason_*`` settings)
+====================== =================================================================================
+featured               the operator pinned the offer
+page_context           the page's category is the offer's category
+birthday_month         the offer is a birthday offer and it is the member's birth month (UTC)
+category_interest      the member browsed the offer's category within the last 7 days, with at least
+                       ``min_browse_weight`` browsing (a view or search 1, an add-to-cart 3; decayed
+                       with a 7-day half-life, so the raw count is at least as large)
+category_purchases     at least ``min_category_orders`` of the member's orders contained the category
+                       (decayed over 30 days, so at least that many orders)
+free_shipping_basket   a shipping offer with a threshold; at least ``min_orders`` orders whose average
+                       basket is at or over the threshold
+frequent_orders        a shipping offer; at least ``frequent_orders`` orders (30-day decayed count)
+threshold_within_reach a non-shipping threshold offer; at least ``min_orders`` orders whose average
+                       basket is below the threshold by at most ``near_threshold_share``
+tier_benefit           the offer is restricted to tiers that include the member's (above regular)
+paid_membership        a paid-only offer and the member is a paid member
+coupon_habit           a coupon; at least ``min_orders`` orders of which ``coupon_order_share`` used a
+                       coupon, or at least ``min_coupon_claims`` coupon claims (30-day decayed count)
+consult_history        a consult; the member has booked a consultation before
+high_value             the offer's value is at least ``high_value_share`` of the catalog's highest
+limited_quantity       limited stock with at least ``limited_share`` of it reserved
+popular                the offer's statistics: at least ``popular_min_impressions`` impressions and
+                       ``popular_min_claims`` claims (all replicas' aggregate counters)
+available              always true of a shown offer (it passed eligibility): the last resort
+====================== =================================================================================
+
+Member facts (every code from ``birthday_month`` to ``consult_history``) are used only in personalised
+modes. Offers in a sensitive category (``sensitive_categories``: health, baby by default; a consult
+whose subtype names one counts too) never get a reason built from the member's behaviour or the page:
+no ``page_context``, ``category_interest``, ``category_purchases`` or ``consult_history``, and no
+sentence names a sensitive category.
+
+Sentences are built in one place, :func:`sentence` (code + parameters -> text), so a message
+catalogue can replace the English templates without touching the premises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from features.decay import DAY
+from features.events import TIERS
+from features.offers import Offer
+from features.projection import Context
+from features.state import MemberState
+
+#: English templates per reason code; parameters by name.
+TEMPLATES: dict[str, str] = {
+    "featured": "Featured offer.",
+    "page_context": "Matches the {category} page you are viewing.",
+    "birthday_month": "It is your birthday month.",
+    "category_interest": "You browsed {category} products this week.",
+    "category_purchases": "You often buy {category} products.",
+    "free_shipping_basket": "Free shipping: your average basket is over the {threshold:.0f} threshold.",
+    "frequent_orders": "Free shipping: you order often.",
+    "threshold_within_reach": "Your usual basket is close to the {threshold:.0f} threshold.",
+    "tier_benefit": "A benefit of your {tier} membership.",
+    "paid_membership": "Included with your paid membership.",
+    "coupon_habit": "You often use coupons.",
+    "consult_history": "You have booked consultations before.",
+    "high_value": "A high-value offer, worth {value:.0f}.",
+    "limited_quantity": "Limited quantity: almost gone.",
+    "popular": "Popular with members.",
+    "available": "Available to you now.",
+}
+REASON_CODES: tuple[str, ...] = tuple(TEMPLATES)
+#: Codes that quote the member's own behaviour or page (never for sensitive offers, never unless
+#: personalised, except ``page_context``, which is about the page being viewed).
+BEHAVIOUR_CODES = frozenset({"page_context", "category_interest", "category_purchases", "consult_history"})
+#: Codes built from the member's state: only in personalised modes.
+MEMBER_CODES = frozenset(
+    {
+        "birthday_month",
+        "category_interest",
+        "category_purchases",
+        "free_shipping_basket",
+        "frequent_orders",
+        "threshold_within_reach",
+        "tier_benefit",
+        "paid_membership",
+        "coupon_habit",
+        "consult_history",
+    }
+)
+SHIPPING_SUBTYPES = frozenset({"free_shipping", "shipping"})
+
+
+def sentence(code: str, params: dict[str, Any]) -> str:
+    """The member-facing sentence for a reason code and its parameters (the one place text is made)."""
+    return TEMPLATES[code].format(**params)
+
+
+@dataclass(frozen=True)
+class ReasonRules:
+    """Premise thresholds (settings ``reason_*``) and the categories never quoted back."""
+
+    min_browse_weight: float = 3.0
+    min_category_orders: float = 3.0
+    min_orders: int = 3
+    frequent_orders: float = 3.0
+    near_threshold_share: float = 0.8
+    coupon_order_share: float = 0.3
+    min_coupon_claims: float = 2.0
+    high_value_share: float = 0.5
+    limited_share: float = 0.8
+    popular_min_impressions: int = 200
+    popular_min_claims: int = 20
+    sensitive_categories: frozenset[str] = frozenset({"health", "baby"})
+    max_reasons: int = 3
+
+    def is_sensitive(self, offer: Offer) -> bool:
+        s = self.sensitive_categories
+        return (offer.category is not None and offer.category in s) or (
+            offer.kind == "consult" and offer.subtype in s
+        )
+
+
+@dataclass(frozen=True)
+class OfferFacts:
+    """What the catalog snapshot knows about one offer besides the offer itself."""
+
+    value_share: float  # value / the catalog's highest value
+    reserved: float  # units reserved so far
+    impressions: float
+    claims: float
+
+
+_7D, _30D = 2, 3  # indices of the 7-day and 30-day half-lives in a Decayed counter
+
+
+def _decayed(table: dict[str, Any], key: str, now: float, i: int) -> float:
+    c = table.get(key)
+    return float(c.at_index(now, i)) if c is not None else 0.0
+
+
+def reasons(
+    offer: Offer,
+    facts: OfferFacts,
+    state: MemberState | None,
+    context: Context,
+    now: float,
+    rules: ReasonRules,
+) -> list[dict[str, str]]:
+    """Reasons for one shown offer, strongest first, at most ``rules.max_reasons``.
+
+    ``state`` is None in non-personalised modes: then only offer and page facts are used.
+    """
+    found = premises(offer, facts, state, context, now, rules)
+    return [{"code": c, "text": sentence(c, p)} for c, p in found[: rules.max_reasons]]
+
+
+def premises(
+    offer: Offer,
+    facts: OfferFacts,
+    state: MemberState | None,
+    context: Context,
+    now: float,
+    rules: ReasonRules,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every (code, parameters) whose premise holds, strongest first (always ends with ``available``)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    sensitive = rules.is_sensitive(offer)
+    cat = offer.category
+    if offer.pinned:
+        out.append(("featured", {}))
+    if not sensitive and cat is not None and context.category == cat:
+        out.append(("page_context", {"category": cat}))
+    if state is not None:
+        out.extend(_member_premises(offer, state, now, rules, sensitive))
+    if facts.value_share >= rules.high_value_share and offer.value > 0:
+        out.append(("high_value", {"value": offer.value}))
+    if offer.inventory is not None and facts.reserved >= rules.limited_share * offer.inventory:
+        out.append(("limited_quantity", {}))
+    if facts.impressions >= rules.popular_min_impressions and facts.claims >= rules.popular_min_claims:
+        out.append(("popular", {}))
+    out.append(("available", {}))
+    return out
+
+
+def _member_premises(
+    offer: Offer, state: MemberState, now: float, rules: ReasonRules, sensitive: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    cat = offer.category
+    month = datetime.fromtimestamp(now, UTC).month
+    if state.birth_month == month and (
+        offer.eligibility.birthday_month_only or offer.subtype == "birthday_gift"
+    ):
+        out.append(("birthday_month", {}))
+    if cat is not None and not sensitive:
+        browsed_at = state.cat_last_ts.get(cat, 0.0)
+        if (
+            0.0 < now - browsed_at <= 7 * DAY
+            and _decayed(state.cat_interest, cat, now, _7D) >= rules.min_browse_weight
+        ):
+            out.append(("category_interest", {"category": cat}))
+        elif _decayed(state.cat_orders, cat, now, _30D) >= rules.min_category_orders:
+            out.append(("category_purchases", {"category": cat}))
+    orders = state.orders_total
+    avg_basket = state.spend_total / orders if orders else 0.0
+    based = orders >= rules.min_orders
+    if offer.subtype in SHIPPING_SUBTYPES:
+        if based and offer.threshold > 0 and avg_basket >= offer.threshold:
+            out.append(("free_shipping_basket", {"threshold": offer.threshold}))
+        elif _decayed(state.counts, "order", now, _30D) >= rules.frequent_orders:
+            out.append(("frequent_orders", {}))
+    elif (
+        based
+        and offer.threshold > 0
+        and rules.near_threshold_share * offer.threshold <= avg_basket < offer.threshold
+    ):
+        out.append(("threshold_within_reach", {"threshold": offer.threshold}))
+    tiers = offer.eligibility.tiers
+    if tiers and state.tier in tiers and state.tier in TIERS[1:]:
+        out.append(("tier_benefit", {"tier": state.tier}))
+    if offer.eligibility.paid_only and state.paid_member:
+        out.append(("paid_membership", {}))
+    if offer.kind == "coupon" and (
+        (based and state.orders_with_coupon / orders >= rules.coupon_order_share)
+        or _decayed(state.counts, "coupon_claim", now, _30D) >= rules.min_coupon_claims
+    ):
+        out.append(("coupon_habit", {}))
+    if offer.kind == "consult" and not sensitive and "consult_booked" in state.counts:
+        out.append(("consult_history", {}))
+    return out

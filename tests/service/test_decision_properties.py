@@ -1,0 +1,327 @@
+"""Property tests (hypothesis) of the ranking decisions: random catalogs (with clones), members folded from
+random event histories, page contexts and offer statistics. Invariants:
+
+- every offer in a slate is eligible for the member now;
+- no two offers of one family in a slate; no category (``None`` included) over its cap;
+- no offer of a family the member dismissed within its cool-down;
+- every reason's premise holds, checked against the generated *events* (not the folded state), and
+  no sentence names a sensitive category.
+
+``make test`` runs the ``ci`` profile (bounded examples); ``make property`` the ``long`` one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from features import events as ev
+from features.eligibility import evaluate
+from features.offer_stats import OfferCounters
+from features.offers import Caps, Eligibility, Offer
+from features.projection import Context
+from features.state import MemberState, fold, new_state
+from service.catalog import CatalogSnapshot, build_snapshot
+from service.model import LoadedModel, load_model
+from service.ranking import Mode, Policy, rank
+from service.reasons import MEMBER_CODES, REASON_CODES, ReasonRules
+from tests.service.conftest import train_onnx
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC).timestamp()
+DAY = 86400.0
+CATS = ["baby", "beauty", "grocery", "health", "home", "pets"]
+RULES = ReasonRules()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
+    path: Path = tmp_path_factory.mktemp("model") / "model.onnx"
+    path.write_bytes(train_onnx(seed=5, n_trees=10).SerializeToString())
+    yield load_model(path, "prop")
+
+
+# --- catalogs ------------------------------------------------------------------------------------------
+
+_KIND_SUBTYPES = [
+    ("coupon", "threshold"),
+    ("coupon", "no_threshold"),
+    ("coupon", "shipping"),
+    ("benefit", "free_shipping"),
+    ("benefit", "birthday_gift"),
+    ("benefit", "priority_delivery"),
+    ("consult", "health"),
+    ("consult", "stylist"),
+]
+
+
+@st.composite
+def offers_st(draw: st.DrawFn) -> list[Offer]:
+    n = draw(st.integers(3, 14))
+    out: list[Offer] = []
+    for i in range(n):
+        kind, subtype = draw(st.sampled_from(_KIND_SUBTYPES))
+        clone_of = out[draw(st.integers(0, len(out) - 1))] if out and draw(st.booleans()) else None
+        if clone_of is not None:  # a clone: same kind, subtype, value, threshold (the derived family)
+            out.append(clone_of.model_copy(update={"offer_id": f"o{i}", "pinned": draw(st.booleans())}))
+            continue
+        threshold = draw(st.sampled_from([0.0, 59.0, 99.0, 199.0]))
+        tiers = draw(st.sampled_from([[], ["gold"], ["silver", "gold", "diamond"]]))
+        out.append(
+            Offer(
+                offer_id=f"o{i}",
+                kind=kind,
+                subtype=subtype,
+                title=f"offer {i}",
+                category=draw(st.sampled_from([None, *CATS])),
+                value=draw(st.sampled_from([0.0, 3.0, 10.0, 30.0, 80.0])),
+                threshold=threshold,
+                cost=draw(st.sampled_from([0.0, 2.0, 8.0])) or 1.0,
+                inventory=draw(st.sampled_from([None, 10, 100])),
+                eligibility=Eligibility(
+                    tiers=tiers,
+                    paid_only=draw(st.booleans()) and draw(st.booleans()),
+                    birthday_month_only=subtype == "birthday_gift" and draw(st.booleans()),
+                ),
+                caps=Caps(max_claims_per_member=3, cooldown_after_claim_hours=0.0),
+                pinned=draw(st.integers(0, 5)) == 0,
+                family=draw(st.sampled_from([None, None, None, "fam-a", "fam-b"])),
+            )
+        )
+    return out
+
+
+# --- members -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    events: list[ev.Event]
+    state: MemberState
+
+
+_EDGE_AGES = [1800.0, 2 * DAY, 6.9 * DAY, 7.1 * DAY, 8 * DAY, 12 * DAY, 29 * DAY, 31 * DAY]
+
+
+@st.composite
+def member_st(draw: st.DrawFn, offer_ids: list[str]) -> Member:
+    events: list[ev.Event] = []
+    n = draw(st.integers(0, 40))
+    m = "m1"
+    favourite = draw(st.sampled_from(CATS))  # most of a member's history is in one category
+    for k in range(n):
+        # Ages straddling the 7-day and 30-day edges of the premises, and anything up to 40 days.
+        age = draw(st.one_of(st.sampled_from(_EDGE_AGES), st.floats(1.0, 40 * DAY)))
+        ts = NOW - age
+        eid = f"e{k}"
+        kind = draw(st.integers(0, 11))
+        cat = favourite if draw(st.booleans()) else draw(st.sampled_from(CATS))
+        if kind <= 2:
+            events.append(
+                ev.PageView(event_id=eid, member_id=m, event_ts=ts, page_type="category", category=cat)
+            )
+        elif kind == 3:
+            events.append(ev.Search(event_id=eid, member_id=m, event_ts=ts, category=cat))
+        elif kind == 4:
+            events.append(ev.AddToCart(event_id=eid, member_id=m, event_ts=ts, category=cat))
+        elif kind <= 6:
+            cats = draw(st.lists(st.sampled_from(CATS), max_size=3))
+            coupon = "c1" if draw(st.booleans()) else None
+            amount = draw(st.sampled_from([20.0, 50.0, 80.0, 120.0, 180.0, 250.0]))
+            events.append(
+                ev.Order(
+                    event_id=eid, member_id=m, event_ts=ts, amount=amount, categories=cats, coupon_id=coupon
+                )
+            )
+        elif kind == 7:
+            events.append(ev.CouponClaim(event_id=eid, member_id=m, event_ts=ts, offer_id="elsewhere"))
+        elif kind == 8:
+            events.append(ev.ConsultBooked(event_id=eid, member_id=m, event_ts=ts, offer_id="elsewhere"))
+        elif kind == 9 and offer_ids:
+            oid = draw(st.sampled_from(offer_ids))
+            events.append(ev.Dismiss(event_id=eid, member_id=m, event_ts=ts, request_id="r", offer_id=oid))
+        elif kind == 10:
+            tier = draw(st.sampled_from(["regular", "silver", "gold", "diamond"]))
+            events.append(ev.TierChanged(event_id=eid, member_id=m, event_ts=ts, tier=tier))  # type: ignore[arg-type]
+        else:
+            events.append(ev.PaidMembershipStarted(event_id=eid, member_id=m, event_ts=ts))
+    if draw(st.booleans()):
+        month = draw(st.integers(1, 12))
+        events.append(
+            ev.ProfileUpdated(event_id="p", member_id=m, event_ts=NOW - 90 * DAY, birth_month=month)
+        )
+    state = fold(events, new_state(m)) if events else new_state(m)
+    return Member(events, state)
+
+
+@st.composite
+def world_st(draw: st.DrawFn) -> tuple[CatalogSnapshot, list[Offer], Member, Context, str]:
+    offers = draw(offers_st())
+    member = draw(member_st([o.offer_id for o in offers]))
+    stats = {
+        o.offer_id: OfferCounters(
+            impressions=draw(st.sampled_from([0, 50, 250, 5000])), claims=draw(st.sampled_from([0, 5, 30]))
+        )
+        for o in offers
+        if draw(st.booleans())
+    }
+    reserved = {o.offer_id: draw(st.integers(0, o.inventory - 1)) for o in offers if o.inventory}
+    snap = build_snapshot(1, offers, NOW, stats=stats, reserved=reserved)
+    context = Context(
+        page_type=draw(st.sampled_from(["home", "category", "checkout"])),
+        category=draw(st.sampled_from([None, *CATS])),
+    )
+    mode = draw(st.sampled_from(["personalised", "non_personalised"]))
+    return snap, offers, member, context, mode
+
+
+# --- the premise of each reason, from the generated events ---------------------------------------------
+
+
+def _browse_weight(events: list[ev.Event], cat: str) -> float:
+    w = 0.0
+    for e in events:
+        if isinstance(e, ev.PageView | ev.Search) and e.category == cat:
+            w += 1.0
+        elif isinstance(e, ev.AddToCart) and e.category == cat:
+            w += 3.0
+    return w
+
+
+def _browsed_within(events: list[ev.Event], cat: str, seconds: float) -> bool:
+    return any(
+        isinstance(e, ev.PageView | ev.Search | ev.AddToCart)
+        and e.category == cat
+        and 0 < NOW - e.event_ts <= seconds
+        for e in events
+    )
+
+
+def _orders(events: list[ev.Event]) -> list[ev.Order]:
+    return [e for e in events if isinstance(e, ev.Order)]
+
+
+def _latest(events: list[ev.Event], cls: type) -> Any:
+    found = [e for e in events if isinstance(e, cls)]
+    return max(found, key=lambda e: (e.event_ts, e.event_id)) if found else None
+
+
+def premise_holds(code: str, o: Offer, snap: CatalogSnapshot, member: Member, ctx: Context) -> bool:
+    evs = member.events
+    orders = _orders(evs)
+    mean = sum(x.amount for x in orders) / len(orders) if orders else 0.0
+    sensitive = o.category in RULES.sensitive_categories or (
+        o.kind == "consult" and o.subtype in RULES.sensitive_categories
+    )
+    i = snap.table.index[o.offer_id]
+    tier_event = _latest(evs, ev.TierChanged)
+    tier = tier_event.tier if tier_event else "regular"
+    profile = _latest(evs, ev.ProfileUpdated)
+    match code:
+        case "featured":
+            return o.pinned
+        case "page_context":
+            return not sensitive and o.category is not None and ctx.category == o.category
+        case "birthday_month":
+            month = datetime.fromtimestamp(NOW, UTC).month
+            is_bday_offer = o.eligibility.birthday_month_only or o.subtype == "birthday_gift"
+            return is_bday_offer and profile is not None and profile.birth_month == month
+        case "category_interest":
+            assert o.category is not None
+            return (
+                not sensitive
+                and _browsed_within(evs, o.category, 7 * DAY)
+                and _browse_weight(evs, o.category) >= RULES.min_browse_weight
+            )
+        case "category_purchases":
+            n = sum(1 for x in orders if o.category in x.categories)
+            return not sensitive and n >= RULES.min_category_orders
+        case "free_shipping_basket":
+            return len(orders) >= RULES.min_orders and o.threshold > 0 and mean >= o.threshold
+        case "frequent_orders":
+            return len(orders) >= RULES.frequent_orders
+        case "threshold_within_reach":
+            return (
+                len(orders) >= RULES.min_orders
+                and o.threshold > 0
+                and RULES.near_threshold_share * o.threshold <= mean < o.threshold
+            )
+        case "tier_benefit":
+            return bool(o.eligibility.tiers) and tier in o.eligibility.tiers and tier != "regular"
+        case "paid_membership":
+            return o.eligibility.paid_only and any(isinstance(e, ev.PaidMembershipStarted) for e in evs)
+        case "coupon_habit":
+            with_coupon = sum(1 for x in orders if x.coupon_id is not None)
+            claims = sum(1 for e in evs if isinstance(e, ev.CouponClaim))
+            share_ok = (
+                len(orders) >= RULES.min_orders and with_coupon / len(orders) >= RULES.coupon_order_share
+            )
+            return o.kind == "coupon" and (share_ok or claims >= RULES.min_coupon_claims)
+        case "consult_history":
+            return o.kind == "consult" and not sensitive and any(isinstance(e, ev.ConsultBooked) for e in evs)
+        case "high_value":
+            top = max(x.value for x in snap.offers)
+            return o.value > 0 and o.value >= RULES.high_value_share * top
+        case "limited_quantity":
+            return o.inventory is not None and snap.claimed[i] >= RULES.limited_share * o.inventory
+        case "popular":
+            return (
+                snap.impressions[i] >= RULES.popular_min_impressions
+                and snap.claims[i] >= RULES.popular_min_claims
+            )
+        case "available":
+            return True
+    raise AssertionError(f"unknown reason code {code}")
+
+
+@given(world=world_st())
+def test_slates_are_eligible_deduplicated_and_diverse(
+    world: tuple[CatalogSnapshot, list[Offer], Member, Context, str], model: LoadedModel
+) -> None:
+    snap, _, member, ctx, mode_name = world
+    mode = Mode(mode_name)
+    policy = Policy(max_per_category=2, min_kinds=2)
+    out = rank(snap, member.state, ctx, NOW, 6, model=model, mode=mode, policy=policy)
+    reason = evaluate(snap.elig, snap.table.index, member.state, ctx, NOW, snap.claimed, snap.cost_used)
+    shown = [snap.offers[snap.table.index[it.offer_id]] for it in out.items]
+    assert all(reason[snap.table.index[o.offer_id]] < 0 for o in shown), "an ineligible offer was shown"
+    families = [o.family_key for o in shown]
+    assert len(families) == len(set(families)), f"two offers of one family: {families}"
+    unpinned_cats = [o.category for o in shown]
+    for c in set(unpinned_cats):
+        pinned_c = sum(1 for o in shown if o.category == c and o.pinned)
+        assert unpinned_cats.count(c) <= max(policy.max_per_category, pinned_c), f"category {c} over its cap"
+    # No offer of a family the member dismissed within the (default 72 h) cool-down.
+    dismissed = {
+        snap.offers[snap.table.index[e.offer_id]].family_key
+        for e in member.events
+        if isinstance(e, ev.Dismiss) and NOW - e.event_ts < 72 * 3600
+    }
+    assert not dismissed & set(families)
+
+
+@given(world=world_st())
+def test_every_reason_premise_holds(
+    world: tuple[CatalogSnapshot, list[Offer], Member, Context, str], model: LoadedModel
+) -> None:
+    snap, _, member, ctx, mode_name = world
+    mode = Mode(mode_name)
+    policy = Policy(max_per_category=6, min_kinds=1, reasons=RULES.__class__(max_reasons=20))
+    out = rank(snap, member.state, ctx, NOW, 8, model=model, mode=mode, policy=policy)
+    for item in out.items:
+        o = snap.offers[snap.table.index[item.offer_id]]
+        codes = [r["code"] for r in item.reasons]
+        assert codes and codes[-1] == "available"
+        for r in item.reasons:
+            assert r["code"] in REASON_CODES
+            assert premise_holds(r["code"], o, snap, member, ctx), (r, o, member.events)
+            for sensitive in RULES.sensitive_categories:
+                assert sensitive not in r["text"].lower(), r
+            if mode is Mode.NON_PERSONALISED:
+                assert r["code"] not in MEMBER_CODES
