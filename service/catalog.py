@@ -53,9 +53,10 @@ class CatalogSnapshot:
     #: Share of the budget not yet spent, in [0, 1] (1 for unbudgeted offers); feeds the pacing of
     #: ``service.objective``.
     budget_left: np.ndarray
-    #: Campaign window per offer (NaN when the offer has none); pacing compares budget to time left.
-    campaign_start: np.ndarray
+    #: Campaign end and 1 / campaign length per offer (both 0 without a window): the time left that
+    #: pacing compares with the budget left (``service.objective.time_left_share``).
     campaign_end: np.ndarray
+    campaign_inv_duration: np.ndarray
     #: offer value scaled to [0, 1] by the catalog maximum (value-aware score).
     value_norm: np.ndarray
     pinned: np.ndarray
@@ -110,9 +111,12 @@ def _with_usage(
     for i, o in enumerate(offers):
         if o.budget is not None:
             budget_left[i] = max(0.0, 1.0 - cost_used[i] / o.budget) if o.budget > 0 else 0.0
-    nan = float("nan")
-    start = np.array([o.campaign_start_ts if o.campaign_start_ts is not None else nan for o in offers])
-    end = np.array([o.campaign_end_ts if o.campaign_end_ts is not None else nan for o in offers])
+    end = np.zeros(n, dtype=np.float64)
+    inv_duration = np.zeros(n, dtype=np.float64)
+    for i, o in enumerate(offers):
+        if o.campaign_start_ts is not None and o.campaign_end_ts is not None:
+            end[i] = o.campaign_end_ts
+            inv_duration[i] = 1.0 / (o.campaign_end_ts - o.campaign_start_ts)  # validated end > start
     impressions = np.zeros(n, dtype=np.float64)
     claims = np.zeros(n, dtype=np.float64)
     for oid, c in stats.items():
@@ -130,8 +134,8 @@ def _with_usage(
         claimed=claimed,
         cost_used=cost_used,
         budget_left=budget_left,
-        campaign_start=start.reshape(n),
-        campaign_end=end.reshape(n),
+        campaign_end=end,
+        campaign_inv_duration=inv_duration,
         value_norm=value_norm,
         pinned=pinned,
         impressions=impressions,

@@ -60,13 +60,13 @@ def pacing(
     ``time_left``: share of the campaign still to run, in [0, 1] (0 for offers without a campaign
     window, so the schedule never damps them).
     """
-    b = np.clip(budget_left, 0.0, 1.0)
-    t = np.clip(time_left, 0.0, 1.0)
-    # Ahead of schedule when less budget than time is left; on or behind schedule -> 1.
-    schedule = np.where(b >= t, 1.0, b / np.maximum(t, 1e-9))
-    reserve = max(objective.pacing_reserve_fraction, 1e-9)
-    nearly_spent = np.minimum(1.0, b / reserve)
-    out: np.ndarray = np.clip(np.minimum(schedule, nearly_spent), objective.pacing_floor, 1.0)
+    # np.minimum/np.maximum rather than np.clip/np.where: a few microseconds less per request.
+    b = np.minimum(np.maximum(budget_left, 0.0), 1.0)
+    t = np.maximum(time_left, 1e-9)
+    # Ahead of schedule when less budget than time is left (b / t < 1); on or behind schedule -> 1.
+    schedule = b / t
+    nearly_spent = b / max(objective.pacing_reserve_fraction, 1e-9)
+    out: np.ndarray = np.maximum(np.minimum(np.minimum(schedule, nearly_spent), 1.0), objective.pacing_floor)
     return out
 
 
@@ -83,10 +83,11 @@ def score(
     return out
 
 
-def time_left_share(start: np.ndarray, end: np.ndarray, now: float) -> np.ndarray:
-    """Share of each campaign still to run at ``now`` (NaN bounds = no window -> 0)."""
-    with np.errstate(invalid="ignore"):
-        duration = end - start
-        share = (end - now) / np.where(duration > 0, duration, np.nan)
-    out: np.ndarray = np.nan_to_num(np.clip(share, 0.0, 1.0), nan=0.0)
+def time_left_share(end: np.ndarray, inv_duration: np.ndarray, now: float) -> np.ndarray:
+    """Share of each campaign still to run at ``now``, in [0, 1].
+
+    ``end`` is the campaign end and ``inv_duration`` 1 / its length; both 0 for an offer without a
+    campaign window, whose share is then 0 (the schedule never damps it).
+    """
+    out: np.ndarray = np.minimum(np.maximum((end - now) * inv_duration, 0.0), 1.0)
     return out

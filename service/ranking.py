@@ -191,7 +191,7 @@ def objective_scores(
     snap: CatalogSnapshot, eligible: np.ndarray, p: np.ndarray, now: float, objective: obj.Objective
 ) -> np.ndarray:
     """The objective (``service.objective.score``) of the ``eligible`` offers, claim probability ``p``."""
-    time_left = obj.time_left_share(snap.campaign_start[eligible], snap.campaign_end[eligible], now)
+    time_left = obj.time_left_share(snap.campaign_end[eligible], snap.campaign_inv_duration[eligible], now)
     pace = obj.pacing(snap.budget_left[eligible], time_left, objective)
     return obj.score(p, snap.table.value[eligible], snap.table.cost[eligible], pace, objective)
 

@@ -43,6 +43,7 @@ catalogue can replace the English templates without touching the premises.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -175,7 +176,7 @@ def premises(
     if not sensitive and cat is not None and context.category == cat:
         out.append(("page_context", {"category": cat}))
     if state is not None:
-        out.extend(_member_premises(offer, state, now, rules, sensitive))
+        out.extend(_member_premises(offer, state, now, _month(now - now % 60.0), rules, sensitive))
     if facts.value_share >= rules.high_value_share and offer.value > 0:
         out.append(("high_value", {"value": offer.value}))
     if offer.inventory is not None and facts.reserved >= rules.limited_share * offer.inventory:
@@ -186,12 +187,17 @@ def premises(
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _month(now_minute: float) -> int:
+    """UTC month of a minute's start (the same as of any instant in it: months start on a minute)."""
+    return datetime.fromtimestamp(now_minute, UTC).month
+
+
 def _member_premises(
-    offer: Offer, state: MemberState, now: float, rules: ReasonRules, sensitive: bool
+    offer: Offer, state: MemberState, now: float, month: int, rules: ReasonRules, sensitive: bool
 ) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     cat = offer.category
-    month = datetime.fromtimestamp(now, UTC).month
     if state.birth_month == month and (
         offer.eligibility.birthday_month_only or offer.subtype == "birthday_gift"
     ):

@@ -28,11 +28,11 @@ from features.offer_stats import OfferCounters
 from features.offers import Caps, Eligibility, Offer
 from features.projection import Context
 from features.state import MemberState, fold, new_state
+from harness.testmodel import train_onnx
 from service.catalog import CatalogSnapshot, build_snapshot
 from service.model import LoadedModel, load_model
 from service.ranking import Mode, Policy, rank
 from service.reasons import MEMBER_CODES, REASON_CODES, ReasonRules
-from tests.service.conftest import train_onnx
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0

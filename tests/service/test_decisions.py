@@ -17,13 +17,13 @@ from features.offer_stats import OfferCounters
 from features.offers import Offer
 from features.projection import Context
 from features.state import MemberState, apply, new_state
+from harness.testmodel import train_onnx
 from infra.settings import Settings
 from service import objective as obj
 from service.catalog import build_snapshot
 from service.model import LoadedModel, load_model
 from service.policy import policy_from
 from service.ranking import Mode, Policy, rank
-from tests.service.conftest import train_onnx
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
