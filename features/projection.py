@@ -263,20 +263,31 @@ _O = _M + len(OFFER_FEATURES)
 _X = _O + len(CROSS_FEATURES)
 
 
-def rows(state: MemberState, table: OfferTable, context: Context, now: float) -> np.ndarray:
-    """Feature matrix (len(table), N_FEATURES) float32 for ``state`` against every offer in ``table``."""
-    n = len(table)
+def rows(
+    state: MemberState, table: OfferTable, context: Context, now: float, only: np.ndarray | None = None
+) -> np.ndarray:
+    """Feature matrix (n, N_FEATURES) float32 for ``state`` against the offers in ``table``: every offer,
+    or with ``only`` (indices into ``table``, e.g. the eligible offers) those alone, in that order; row
+    ``k`` of the result is then row ``only[k]`` of the full matrix, at a fraction of the cost."""
+    static, threshold, value, category_idx = table.static, table.threshold, table.value, table.category_idx
+    pos: np.ndarray | None = None
+    if only is not None:
+        static, threshold, value = static[only], threshold[only], value[only]
+        category_idx = category_idx[only]
+        pos = np.full(len(table), -1, dtype=np.int64)  # table index -> row, -1 when left out
+        pos[only] = np.arange(len(only))
+    n = len(static)
     out = np.empty((n, N_FEATURES), dtype=np.float32)
     mv = member_vector(state, now)
     out[:, :_M] = mv
-    out[:, _M:_O] = table.static
+    out[:, _M:_O] = static
 
     avg_basket = mv[MEMBER_FEATURES.index("avg_basket")]
     basket = max(avg_basket, 1.0)
-    out[:, _O] = table.threshold / basket
-    out[:, _O + 1] = table.value / basket
+    out[:, _O] = threshold / basket
+    out[:, _O + 1] = value / basket
     cats = category_matrix(state, now)
-    per_offer = cats[table.category_idx]
+    per_offer = cats[category_idx]
     out[:, _O + 2] = per_offer[:, 0]
     out[:, _O + 3] = per_offer[:, 1]
     out[:, _O + 4] = per_offer[:, 2]
@@ -290,6 +301,8 @@ def rows(state: MemberState, table: OfferTable, context: Context, now: float) ->
     index = table.index
     for offer_id, inter in state.offers.items():
         i = index.get(offer_id)
+        if i is not None and pos is not None:
+            i = int(pos[i]) if pos[i] >= 0 else None
         if i is None:
             continue
         out[i, _O + 7] = inter.shown
@@ -303,7 +316,7 @@ def rows(state: MemberState, table: OfferTable, context: Context, now: float) ->
     page_code = PAGE_TYPES.index(context.page_type) if context.page_type in PAGE_TYPES else -1
     out[:, _X] = page_code
     if context.category is not None and context.category in CATEGORY_INDEX:
-        out[:, _X + 1] = table.category_idx == CATEGORY_INDEX[context.category]
+        out[:, _X + 1] = category_idx == CATEGORY_INDEX[context.category]
     else:
         out[:, _X + 1] = 0.0
     out[:, _X + 2] = dt.hour

@@ -131,9 +131,7 @@ def rank(
     personal = mode in (Mode.PERSONALISED, Mode.COLD_START) and model is not None
     x: np.ndarray | None = None
     if personal and len(eligible):
-        # Rows for the whole table then a gather: cheaper than building a sub-table per request, and the
-        # expensive part (the model) still only sees eligible rows.
-        x = rows(state, snap.table, context, now)[eligible]
+        x = rows(state, snap.table, context, now, only=eligible)  # eligible offers' rows alone
     t1 = time.perf_counter()
     if x is not None and model is not None:
         base = model.predict(x).astype(np.float64)
