@@ -51,7 +51,8 @@ def redis_client(settings: Settings) -> AnyRedis:
 
 
 async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``fn`` every ``seconds`` forever; log failures and carry on (a poller must never die)."""
+    """Run ``fn`` every ``seconds`` until cancelled; log failures and carry on (a poller must never die)."""
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(seconds)
         try:
@@ -62,6 +63,11 @@ async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) ->
             log.warning("%s: store unreachable (%s)", what, exc)
         except Exception:
             log.exception("%s failed", what)
+        # A cancellation that arrived mid-call may come back as a library's own error (a Redis read cut
+        # off turns into a connection error): without this check the poller would swallow it and loop
+        # forever, and the lifespan's shutdown, which awaits it, would hang.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
 
 async def _initial_catalog(res: Resources) -> None:
