@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 32
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
+    #: Language of reason and "why not shown" sentences when the request names none (service.i18n).
+    default_locale: Literal["zh-CN", "en"] = "zh-CN"
     storefront_api_keys: list[SecretStr] = [SecretStr("dev-storefront-key")]
     admin_api_keys: list[SecretStr] = [SecretStr("dev-admin-key")]
     member_hash_salt: SecretStr = SecretStr("dev-salt")

@@ -4,10 +4,10 @@ returning dicts through FastAPI's encoder); the response models document them in
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
@@ -17,6 +17,7 @@ from infra.registry import RegistryError
 from service.body import decode_recommend
 from service.deps import FeedbackDep, RecommenderDep, ResourcesDep, require_admin, require_storefront
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
+from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
 from service.recommend import RecommendQuery
 from service.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, MemberId, RecommendRequest
@@ -58,10 +59,16 @@ _RECOMMEND_BODY = {
     responses={200: {"model": RecommendResponseModel}},
     openapi_extra=_RECOMMEND_BODY,
 )
-async def recommend(request: Request, rec: RecommenderDep, res: ResourcesDep) -> Response:
+async def recommend(
+    request: Request,
+    rec: RecommenderDep,
+    res: ResourcesDep,
+    accept_language: Annotated[str | None, Header(max_length=512)] = None,
+) -> Response:
     """Ranked offers (coupons, benefits, consults) for one member on one page, with reasons.
 
-    The body is a :class:`~service.schemas.RecommendRequest`."""
+    The body is a :class:`~service.schemas.RecommendRequest`. Sentences are in the body's ``locale``,
+    else the best ``Accept-Language`` match, else the service default."""
     body = decode_recommend(await request.body())
     c = body.context
     query = RecommendQuery(
@@ -69,6 +76,7 @@ async def recommend(request: Request, rec: RecommenderDep, res: ResourcesDep) ->
         context=Context(page_type=c.page_type, category=c.category, device=c.device, channel=c.channel),
         limit=body.limit or res.settings.default_limit,
         explain=body.explain,
+        locale=negotiate(body.locale, accept_language, res.settings.default_locale),
     )
     return _json(await rec.recommend(query))
 

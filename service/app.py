@@ -149,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.deadline_ms,
                 settings.member_hash_salt.get_secret_value().encode(),
                 default_limit=settings.default_limit,
+                default_locale=settings.default_locale,
             ),
             feedback=FeedbackService(store, catalog, publisher, metrics),
             metrics=metrics,

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from features.events import PAGE_TYPES
 from features.offers import CATEGORIES
 from features.projection import DEVICES
+from service.i18n import LOCALES, is_supported
 
 PageTypeL = Literal[PAGE_TYPES]  # type: ignore[valid-type]
 CategoryL = Literal[CATEGORIES]  # type: ignore[valid-type]
@@ -40,6 +41,7 @@ class RecommendBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     context: ContextBody = ContextBody()
     limit: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
     explain: bool = False
+    locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
 
 
 _decoder = msgspec.json.Decoder(RecommendBody)
@@ -51,11 +53,15 @@ _KEY = re.compile(r"(?:unknown|missing required) field `(?P<key>[^`]+)`")
 def decode_recommend(raw: bytes) -> RecommendBody:
     """The typed body, or :class:`RequestValidationError` naming the field."""
     try:
-        return _decoder.decode(raw)
+        body = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise RequestValidationError([_error(str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise RequestValidationError([{"loc": ("body",), "msg": str(exc), "type": "json_invalid"}]) from None
+    if body.locale is not None and not is_supported(body.locale):
+        msg = f"unsupported locale {body.locale!r}; supported: {', '.join(LOCALES)}"
+        raise RequestValidationError([{"loc": ("body", "locale"), "msg": msg, "type": "value_error"}])
+    return body
 
 
 def _error(message: str) -> dict[str, object]:

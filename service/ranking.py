@@ -30,6 +30,7 @@ from features.projection import OFFER_FEATURES, Context, rows
 from features.state import MemberState
 from service import objective as obj
 from service.catalog import CatalogSnapshot
+from service.i18n import exclusion_text
 from service.model import LoadedModel
 from service.reasons import OfferFacts, ReasonRules, reasons
 
@@ -88,23 +89,8 @@ class Ranking:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-EXCLUSION_SENTENCES: dict[str, str] = {
-    "inactive": "The offer has been retired.",
-    "not_started": "The offer's campaign has not started yet.",
-    "expired": "The offer's campaign has ended.",
-    "tier": "The offer is for a higher membership tier.",
-    "paid_only": "The offer is for paid members only.",
-    "region": "The offer is not available in your region.",
-    "channel": "The offer is not available on this channel.",
-    "page_type": "The offer is not shown on this kind of page.",
-    "birthday_month": "The offer is only shown in your birthday month.",
-    "tenure": "The offer needs a longer membership.",
-    "sold_out": "The offer is sold out.",
-    "budget_exhausted": "The offer's budget is used up.",
-    "claimed": "You have already claimed this offer (limit or waiting period).",
-    "dismissed": "You dismissed this offer recently.",
-    "fatigue": "You have seen this offer several times recently.",
-}
+#: The English "why not shown" sentences (the catalogue in service/locales has every locale).
+EXCLUSION_SENTENCES: dict[str, str] = {code: exclusion_text(code, "en") for code in RULES}
 assert set(EXCLUSION_SENTENCES) == set(RULES)
 
 #: Column of OfferTable.static holding the smoothed claim-rate prior (P(claim) without a model).
@@ -123,6 +109,7 @@ def rank(
     policy: Policy,
     explain: bool = False,
     rng: np.random.Generator | None = None,
+    locale: str = "en",
 ) -> Ranking:
     """Rank the snapshot's offers for one member. ``model`` is used only in the personalised modes."""
     t0 = time.perf_counter()
@@ -161,7 +148,9 @@ def rank(
                 score=round(float(score[j]), 6),
                 position=pos,
                 propensity=round(prop, 6),
-                reasons=reasons(o, facts, state if personal else None, context, now, policy.reasons),
+                reasons=reasons(
+                    o, facts, state if personal else None, context, now, policy.reasons, locale
+                ),
             )
         )
     excluded = None
@@ -170,7 +159,7 @@ def rank(
             {
                 "offer_id": snap.offers[i].offer_id,
                 "reason": RULES[r],
-                "text": EXCLUSION_SENTENCES[RULES[r]],
+                "text": exclusion_text(RULES[r], locale),
             }
             for i, r in enumerate(reason.tolist())
             if r >= 0

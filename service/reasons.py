@@ -37,8 +37,8 @@ whose subtype names one counts too) never get a reason built from the member's b
 no ``page_context``, ``category_interest``, ``category_purchases`` or ``consult_history``, and no
 sentence names a sensitive category.
 
-Sentences are built in one place, :func:`sentence` (code + parameters -> text), so a message
-catalogue can replace the English templates without touching the premises.
+Sentences are built in one place, :func:`sentence` (code + parameters + locale -> text), from the
+message catalogue (``service/locales``, :mod:`service.i18n`).
 """
 
 from __future__ import annotations
@@ -53,26 +53,10 @@ from features.events import TIERS
 from features.offers import Offer
 from features.projection import Context
 from features.state import MemberState
+from service import i18n
 
-#: English templates per reason code; parameters by name.
-TEMPLATES: dict[str, str] = {
-    "featured": "Featured offer.",
-    "page_context": "Matches the {category} page you are viewing.",
-    "birthday_month": "It is your birthday month.",
-    "category_interest": "You browsed {category} products this week.",
-    "category_purchases": "You often buy {category} products.",
-    "free_shipping_basket": "Free shipping: your average basket is over the {threshold:.0f} threshold.",
-    "frequent_orders": "Free shipping: you order often.",
-    "threshold_within_reach": "Your usual basket is close to the {threshold:.0f} threshold.",
-    "tier_benefit": "A benefit of your {tier} membership.",
-    "paid_membership": "Included with your paid membership.",
-    "coupon_habit": "You often use coupons.",
-    "consult_history": "You have booked consultations before.",
-    "high_value": "A high-value offer, worth {value:.0f}.",
-    "limited_quantity": "Limited quantity: almost gone.",
-    "popular": "Popular with members.",
-    "available": "Available to you now.",
-}
+#: The English sentence of every reason code (from the message catalogue: service/locales, service.i18n).
+TEMPLATES: dict[str, str] = {code: i18n.message("reason", code, "en") for code in i18n.REASON_PARAMS}
 REASON_CODES: tuple[str, ...] = tuple(TEMPLATES)
 #: Codes that quote the member's own behaviour or page (never for sensitive offers, never unless
 #: personalised, except ``page_context``, which is about the page being viewed).
@@ -95,9 +79,10 @@ MEMBER_CODES = frozenset(
 SHIPPING_SUBTYPES = frozenset({"free_shipping", "shipping"})
 
 
-def sentence(code: str, params: dict[str, Any]) -> str:
-    """The member-facing sentence for a reason code and its parameters (the one place text is made)."""
-    return TEMPLATES[code].format(**params)
+def sentence(code: str, params: dict[str, Any], locale: str = "en") -> str:
+    """The member-facing sentence for a reason code and its parameters (the one place text is made),
+    in ``locale``'s language: the message catalogue's entry, values formatted for the locale."""
+    return i18n.reason_text(code, params, locale)
 
 
 @dataclass(frozen=True)
@@ -150,13 +135,14 @@ def reasons(
     context: Context,
     now: float,
     rules: ReasonRules,
+    locale: str = "en",
 ) -> list[dict[str, str]]:
-    """Reasons for one shown offer, strongest first, at most ``rules.max_reasons``.
+    """Reasons for one shown offer, strongest first, at most ``rules.max_reasons``, in ``locale``.
 
     ``state`` is None in non-personalised modes: then only offer and page facts are used.
     """
     found = premises(offer, facts, state, context, now, rules)
-    return [{"code": c, "text": sentence(c, p)} for c, p in found[: rules.max_reasons]]
+    return [{"code": c, "text": sentence(c, p, locale)} for c, p in found[: rules.max_reasons]]
 
 
 def premises(

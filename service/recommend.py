@@ -85,6 +85,8 @@ class RecommendQuery:
     context: Context
     limit: int
     explain: bool = False
+    #: The language of reason and exclusion sentences (a supported tag of service.i18n.LOCALES).
+    locale: str = "en"
 
 
 def member_hash(salt: bytes, member_id: str) -> str:
@@ -130,6 +132,7 @@ class Recommender:
         hash_salt: bytes,
         seed: int | None = None,
         default_limit: int = 5,
+        default_locale: str = "en",
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -143,6 +146,7 @@ class Recommender:
         self.breaker = Breaker()
         self.rng = np.random.default_rng(seed)
         self.default_limit = default_limit
+        self.default_locale = default_locale
         #: (catalog version, minute) -> the shed answer's bytes; rebuilt when either changes.
         self._shed: tuple[tuple[int, int], bytes] | None = None
 
@@ -163,7 +167,7 @@ class Recommender:
         if snap is not None:
             ranking = rank(
                 snap, new_state("anonymous"), Context(), now, self.default_limit,
-                model=None, mode=Mode.FALLBACK, policy=self.policy,
+                model=None, mode=Mode.FALLBACK, policy=self.policy, locale=self.default_locale,
             )  # fmt: skip
         body = orjson.dumps(
             response_body("shed", None, Mode.FALLBACK, "overloaded", snap, ranking, explain=False)
@@ -224,6 +228,7 @@ class Recommender:
                 ranking = rank(
                     snap, state, q.context, now, q.limit,
                     model=model, mode=mode, policy=self.policy, explain=q.explain, rng=self.rng,
+                    locale=q.locale,
                 )  # fmt: skip
             except Exception:
                 # A model that passed its load checks can still fail on live rows: answer the fallback.
@@ -231,7 +236,7 @@ class Recommender:
                 mode, cause = Mode.FALLBACK, "model_error"
                 ranking = rank(
                     snap, state, q.context, now, q.limit,
-                    model=None, mode=mode, policy=self.policy, explain=q.explain,
+                    model=None, mode=mode, policy=self.policy, explain=q.explain, locale=q.locale,
                 )  # fmt: skip
         total_ms = (time.perf_counter() - t0) * 1e3
         read_ms = (t_read - t0) * 1e3

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.events import PageType
 from features.offers import CATEGORIES, Channel, Offer
 from features.projection import DEVICES
 from service.feedback import FeedbackType
+from service.i18n import LOCALES, is_supported
 
 MemberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 OfferIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -37,6 +38,16 @@ class RecommendRequest(BaseModel):
     limit: Annotated[int, Field(ge=1, le=50)] | None = None
     #: Also return the offers that were not eligible, each with its reason ("why not shown").
     explain: bool = False
+    #: Language of the sentences (BCP 47: "zh-CN", "en"; "zh" and "en-GB" match too). Wins over the
+    #: Accept-Language header; the service default when neither names a supported locale.
+    locale: Annotated[str, Field(min_length=2, max_length=35)] | None = None
+
+    @field_validator("locale")
+    @classmethod
+    def _supported_locale(cls, v: str | None) -> str | None:
+        if v is not None and not is_supported(v):
+            raise ValueError(f"unsupported locale {v!r}; supported: {', '.join(LOCALES)}")
+        return v
 
 
 class Reason(BaseModel):

@@ -30,8 +30,8 @@ _context = st.dictionaries(
     st.one_of(_values, st.sampled_from([*PAGE_TYPES, *CATEGORIES, *DEVICES, "app", "web", "mini_program"])),
 )
 _body = st.dictionaries(
-    st.sampled_from(["member_id", "context", "limit", "explain", "surprise"]),
-    st.one_of(_values, _context),
+    st.sampled_from(["member_id", "context", "limit", "explain", "locale", "surprise"]),
+    st.one_of(_values, _context, st.sampled_from(["zh-CN", "en", "zh", "en-GB", "fr-FR", "x"])),
 )
 
 
@@ -72,6 +72,7 @@ def test_a_valid_body_decodes_to_the_same_values() -> None:
         (b'{"member_id": "m1", "context": {"extra": 1}}', ("body", "context", "extra")),
         (b'{"context": {}}', ("body", "member_id")),
         (b'{"member_id": "m1", "limit": 0}', ("body", "limit")),
+        (b'{"member_id": "m1", "locale": "fr-FR"}', ("body", "locale")),
         (b"\xff\xfe", ("body",)),
         (b"", ("body",)),
     ],
