@@ -148,9 +148,7 @@ def rank(
                 score=round(float(score[j]), 6),
                 position=pos,
                 propensity=round(prop, 6),
-                reasons=reasons(
-                    o, facts, state if personal else None, context, now, policy.reasons, locale
-                ),
+                reasons=reasons(o, facts, state if personal else None, context, now, policy.reasons, locale),
             )
         )
     excluded = None

@@ -124,3 +124,11 @@ async def test_unsupported_locale_field_is_a_422_naming_it(client: httpx.AsyncCl
     r = await client.post("/v1/recommend", json={"member_id": "m", "locale": "fr-FR"}, headers=SF)
     assert r.status_code == 422
     assert "locale" in r.text and "fr-FR" in r.text
+
+
+def test_the_catalogue_covers_every_code_the_ranker_emits() -> None:
+    from features.eligibility import RULES
+    from service.reasons import REASON_CODES
+
+    assert set(REASON_CODES) == set(i18n.REASON_PARAMS)
+    assert set(RULES) <= set(i18n.EXCLUSION_CODES)
