@@ -53,6 +53,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from infra.redis_failures import RecordingRetry
+
 #: Either client; both expose the same command API used by MemberStore.
 AnyRedis = aioredis.Redis | aioredis.RedisCluster
 
@@ -70,7 +72,8 @@ REINITIALIZE_STEPS = 0
 
 
 def _retry(retries: int) -> Retry:
-    return Retry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), retries)
+    # Recording: the cause of a failure hidden behind the caller's deadline (infra.redis_failures).
+    return RecordingRetry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), retries)
 
 
 def connect(

@@ -8,7 +8,8 @@ situation                     answer                                          ``
 ============================  ==============================================  ====================
 Redis slow (over deadline)    non-personalised ranking of offers eligible     ``state_timeout``
                               for an anonymous regular member
-Redis down / breaker open     same                                            ``state_unavailable``
+Redis refusing / unreachable  same                                            ``state_unavailable``
+breaker open                  same, Redis not tried                           cause that opened it
 stored blob undecodable       same                                            ``state_corrupt``
 no model loaded               non-personalised ranking (member's eligibility) ``no_model``
 model raised                  same                                            ``model_error``
@@ -39,6 +40,7 @@ from redis.exceptions import RedisError
 
 from features.projection import Context
 from features.state import MemberState, new_state
+from infra.redis_failures import failure_cause
 from infra.redis_layout import MemberStore, decode_member
 from service.catalog import CatalogHolder, CatalogSnapshot
 from service.metrics import Metrics
@@ -65,6 +67,8 @@ class Breaker:
         self.open_seconds = open_seconds
         self.failures = 0
         self.open_until = 0.0
+        #: Degraded cause of the latest failure: what an answer skipped while open reports.
+        self.cause = "state_unavailable"
 
     def allow(self, now: float) -> bool:
         return now >= self.open_until
@@ -72,7 +76,8 @@ class Breaker:
     def success(self) -> None:
         self.failures = 0
 
-    def failure(self, now: float) -> None:
+    def failure(self, now: float, cause: str = "state_unavailable") -> None:
+        self.cause = cause
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = now + self.open_seconds
@@ -179,17 +184,18 @@ class Recommender:
         """(state or None for an unknown member, degraded cause or None)."""
         now = time.monotonic()
         if not self.breaker.allow(now):
-            return None, "state_unavailable"
+            # Not tried: the answer carries the cause of the failures that opened the breaker.
+            return None, self.breaker.cause
         try:
             async with asyncio.timeout(self.read_budget_s):
                 raw = await self.store.get_member_raw(member_id)
-        except TimeoutError:
-            self.breaker.failure(time.monotonic())
-            return None, "state_timeout"
-        except (RedisError, OSError) as exc:
-            self.breaker.failure(time.monotonic())
-            log.debug("state read failed: %r", exc)
-            return None, "state_unavailable"
+        except (TimeoutError, RedisError, OSError) as exc:
+            # The deadline's TimeoutError may hide refused connections retried into it: classify by
+            # what the attempts met (infra.redis_failures), not by which exception surfaced.
+            cause = f"state_{failure_cause(self.store, exc, now)}"
+            self.breaker.failure(time.monotonic(), cause)
+            log.debug("state read failed (%s): %r", cause, exc)
+            return None, cause
         self.breaker.success()
         if raw is None:
             return None, None
