@@ -34,12 +34,16 @@ def demo(
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes sharing the listening socket (one per core).")
+    ] = 1,
+) -> None:
     """Run the recommend API (uvicorn) against BENEFITS_REDIS_URL / BENEFITS_KAFKA_BOOTSTRAP."""
     import contextlib
     import logging
 
-    from service.app import serve as run
+    from service.server import serve as run
 
     settings = _settings()
     with contextlib.ExitStack() as stack:
@@ -56,7 +60,7 @@ def serve() -> None:
                 settings.embedded_redis_dir or "not persisted",
             )
             settings = settings.model_copy(update={"redis_url": svc.url})
-        run(settings)
+        run(settings, workers=workers)
 
 
 @app.command()

@@ -103,8 +103,9 @@ def start_worker(settings: Settings, log_dir: Path | None = None, name: str = "w
     return spawn(name, _benefits_cmd("worker"), child_env(settings), log_dir)
 
 
-def start_api(settings: Settings, log_dir: Path | None = None, name: str = "api") -> Proc:
-    return spawn(name, _benefits_cmd("serve"), child_env(settings), log_dir)
+def start_api(settings: Settings, log_dir: Path | None = None, name: str = "api", workers: int = 1) -> Proc:
+    """``benefits serve`` (``--workers N``: N processes sharing the port)."""
+    return spawn(name, _benefits_cmd("serve", "--workers", str(workers)), child_env(settings), log_dir)
 
 
 def wait_ready(base_url: str, proc: Proc, timeout_s: float = 60.0) -> dict[str, Any]:

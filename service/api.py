@@ -4,6 +4,7 @@ returning dicts through FastAPI's encoder); the response models document them in
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated, Any
 
 import orjson
@@ -219,8 +220,10 @@ async def readyz(res: ResourcesDep) -> Response:
         redis_ok = False
     snap = res.catalog.current
     checks = {
+        "pid": os.getpid(),  # which API process answered (several share a port: benefits serve --workers)
         "redis": redis_ok,
         "model": res.models.version,
+        "scorer": res.models.current.runtime if res.models.current is not None else None,
         "catalog_version": snap.version if snap is not None else None,
         "catalog_offers": len(snap) if snap is not None else 0,
     }

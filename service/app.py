@@ -1,4 +1,4 @@
-"""The recommend API: ``create_app(settings)`` builds it, ``serve(settings)`` runs it under uvicorn.
+"""The recommend API: ``create_app(settings)`` builds it; ``service.server.serve`` runs it under uvicorn.
 
 The lifespan owns every shared resource (Redis client, catalog, model, event publisher, pollers) and
 hands them to routes as typed dependencies (``service/deps.py``). Errors are mapped to HTTP here and
@@ -270,35 +270,3 @@ def create_app(settings: Settings) -> FastAPI:
         shed_recommend=shed_recommend,
     )
     return app
-
-
-def serve(settings: Settings) -> None:
-    """Run one uvicorn process (uvloop + httptools) against ``settings.redis_url``.
-
-    Process-wide tuning belongs here, not in :func:`create_app`: an app built inside a test or a
-    benchmark must not freeze its host process's garbage collector.
-    """
-    import uvicorn
-
-    if settings.redis_url is None:
-        raise ValueError("redis_url is required (the CLI starts an embedded Redis in dev when it is unset)")
-    app = create_app(settings)
-
-    class _Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            # After the lifespan has loaded the catalogue and model: freeze what start-up allocated.
-            _tune_gc()
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,  # one structured line per recommend request instead (service.requests)
-        log_config=None,  # logging is configured by the entry point (benefits.cli)
-        workers=1,
-    )
-    _Server(config).run()

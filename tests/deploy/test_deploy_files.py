@@ -103,7 +103,11 @@ def test_k8s_api_contract() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"cpu", "memory"} <= c["resources"]["requests"].keys()
     assert {"cpu", "memory"} <= c["resources"]["limits"].keys()
-    assert c["args"] == ["benefits", "serve"]
+    # Processes per pod: --workers N with N cores requested and limited (one process per core).
+    assert c["args"][:2] == ["benefits", "serve"]
+    workers = int(c["args"][c["args"].index("--workers") + 1]) if "--workers" in c["args"] else 1
+    assert workers >= 2 and int(c["resources"]["limits"]["cpu"]) == workers
+    assert int(c["resources"]["requests"]["cpu"]) == workers
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
     assert {"name": "BENEFITS_PORT", "value": str(port)} in c["env"]
 
