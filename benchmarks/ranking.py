@@ -136,6 +136,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "stages": stages,
             }
             logging.getLogger(__name__).info("%d candidates: %s", n, results[str(n)])
+        if args.fairness_guard_compare:
+            results["fairness_guard_200"] = await _guard_compare(
+                args, store, client, layout, models, now, rng
+            )
         r200 = results["200"]
         return {
             "benchmark": "ranking",
@@ -160,6 +164,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         redis_svc.stop()
 
 
+async def _guard_compare(
+    args: argparse.Namespace,
+    store: MemberStore,
+    client: Any,
+    layout: RedisLayout,
+    models: ModelHolder,
+    now: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """200 candidates with the fairness guard off and on, in one run: the two recommenders answer the
+    same queries alternately (off, on, off, on ...) so machine noise falls on both alike."""
+    catalog = CatalogHolder(CatalogStore(client, layout), store)
+    catalog.current = build_snapshot(1, demo_catalog(now - 86400, 200), now)
+    recs = {
+        flag: Recommender(store, catalog, models, Metrics(), Policy(fairness_guard=flag), 25.0, b"bench")
+        for flag in (False, True)
+    }
+    totals: dict[bool, list[float]] = {False: [], True: []}
+    blocked = 0
+    for i in range(args.warmup + args.requests):
+        known = rng.random() < 0.9
+        member = f"bm-{int(rng.integers(args.members))}" if known else f"new-{int(rng.integers(10**9))}"
+        q = RecommendQuery(member, random_context(rng), limit=5)
+        for flag in (False, True) if i % 2 == 0 else (True, False):
+            t = time.perf_counter()
+            await recs[flag].recommend(q)
+            if i >= args.warmup:
+                totals[flag].append((time.perf_counter() - t) * 1e3)
+    blocked = int(recs[True].metrics.fairness_guard_blocked._value.get())
+    off, on = pct(totals[False], 50), pct(totals[True], 50)
+    return {
+        "off": {"p50_ms": off, "p99_ms": pct(totals[False], 99)},
+        "on": {"p50_ms": on, "p99_ms": pct(totals[True], 99)},
+        "p50_overhead_pct": round((on - off) / off * 100.0, 2),
+        "offers_withheld": blocked,
+        "requests": args.requests,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=3000)
@@ -168,6 +211,11 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=150)
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin this process to (-1: no pinning)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--fairness-guard-compare",
+        action="store_true",
+        help="also measure 200 candidates with the fairness guard off and on, alternating, in one run",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The per-request structured line is part of the measured path: format it, write it to /dev/null.

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 32
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
+    #: Never offer a member a strictly worse version of an offer family than a lower tier gets in the
+    #: same context (service.fairness_guard); withheld offers are counted and explained.
+    fairness_guard_enabled: bool = False
     #: Language of reason and "why not shown" sentences when the request names none (service.i18n).
     default_locale: Literal["zh-CN", "en"] = "zh-CN"
     storefront_api_keys: list[SecretStr] = [SecretStr("dev-storefront-key")]

@@ -64,6 +64,11 @@ class Metrics:
             buckets=_CANDIDATE_BUCKETS,
             registry=r,
         )
+        self.fairness_guard_blocked = Counter(
+            "benefits_fairness_guard_blocked_total",
+            "Offers withheld by the fairness guard (a lower tier gets a better version of the family)",
+            registry=r,
+        )
         self.deadline_exceeded = Counter(
             "benefits_recommend_deadline_exceeded_total", "Answers later than deadline_ms", registry=r
         )

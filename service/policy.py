@@ -36,4 +36,5 @@ def policy_from(settings: Settings) -> Policy:
             popular_min_claims=s.reason_popular_min_claims,
             sensitive_categories=frozenset(s.sensitive_categories),
         ),
+        fairness_guard=s.fairness_guard_enabled,
     )

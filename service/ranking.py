@@ -28,6 +28,7 @@ import numpy as np
 from features.eligibility import RULES, evaluate
 from features.projection import OFFER_FEATURES, Context, rows
 from features.state import MemberState
+from service import fairness_guard as fg
 from service import objective as obj
 from service.catalog import CatalogSnapshot
 from service.i18n import exclusion_text
@@ -49,6 +50,8 @@ class Policy:
     epsilon: float = 0.0
     objective: obj.Objective = field(default_factory=obj.Objective)
     reasons: ReasonRules = field(default_factory=ReasonRules)
+    #: Withhold strictly worse versions of an offer family than a lower tier gets (service.fairness_guard).
+    fairness_guard: bool = False
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Ranking:
     candidates: int
     eligible: int
     excluded: list[dict[str, str]] | None = None
+    #: Eligible offers the fairness guard withheld.
+    guard_blocked: int = 0
     #: stage -> milliseconds (features, model, rerank)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -92,6 +97,8 @@ class Ranking:
 #: The English "why not shown" sentences (the catalogue in service/locales has every locale).
 EXCLUSION_SENTENCES: dict[str, str] = {code: exclusion_text(code, "en") for code in RULES}
 assert set(EXCLUSION_SENTENCES) == set(RULES)
+
+_NONE = np.zeros(0, dtype=np.int64)
 
 #: Column of OfferTable.static holding the smoothed claim-rate prior (P(claim) without a model).
 _PRIOR_CLAIM = OFFER_FEATURES.index("offer_prior_claim_rate")
@@ -115,6 +122,9 @@ def rank(
     t0 = time.perf_counter()
     reason = evaluate(snap.elig, snap.table.index, state, context, now, snap.claimed, snap.cost_used)
     eligible = np.flatnonzero(reason < 0)
+    guarded = fg.blocked(snap, reason, eligible, state, context, now) if policy.fairness_guard else _NONE
+    if len(guarded):
+        eligible = np.setdiff1d(eligible, guarded, assume_unique=True)
     personal = mode in (Mode.PERSONALISED, Mode.COLD_START) and model is not None
     x: np.ndarray | None = None
     if personal and len(eligible):
@@ -162,12 +172,18 @@ def rank(
             for i, r in enumerate(reason.tolist())
             if r >= 0
         ]
+        text = exclusion_text("fairness_guard", locale)
+        excluded += [
+            {"offer_id": snap.offers[i].offer_id, "reason": "fairness_guard", "text": text}
+            for i in guarded.tolist()
+        ]
     t3 = time.perf_counter()
     return Ranking(
         items=items,
         candidates=len(snap),
         eligible=len(eligible),
         excluded=excluded,
+        guard_blocked=len(guarded),
         timings_ms={"features": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "rerank": (t3 - t2) * 1e3},
     )
 

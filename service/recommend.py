@@ -270,6 +270,8 @@ class Recommender:
         m.mode.labels(mode=body["mode"]).inc()
         if body["degraded_cause"] is not None:
             m.degraded.labels(cause=body["degraded_cause"]).inc()
+        if ranking is not None and ranking.guard_blocked:
+            m.fairness_guard_blocked.inc(ranking.guard_blocked)
         m.candidates.observe(body["candidates"])
         m.eligible.observe(body["eligible"])
         if total_ms > self.deadline_s * 1e3:
