@@ -1,6 +1,7 @@
-"""The Redis layout: every key the system writes, its format and its TTL. Key names live only here
-(:class:`RedisLayout`); the stores that use them live in ``infra/`` only: :class:`MemberStore` here
-(member state, offer statistics, inventory) and ``infra/catalog_store.py`` (the catalog).
+"""The Redis layout: every key the system writes, its format and its TTL. Key names and scripts live in
+``infra/`` only: :class:`RedisLayout` and :class:`MemberStore` here (member state, offer statistics,
+inventory), ``infra/catalog_store.py`` (the catalog, keys from :class:`RedisLayout`) and
+``infra/money_store.py`` (money state, which names its own keys and documents them in full).
 
 Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Cluster hash tag)::
 
@@ -22,6 +23,9 @@ Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Clust
     P:inv:{OFFER_ID}           integer: units of a limited offer reserved so far (the atomic reserve
                                script; DECRBY to give a unit back). EXPIRE refreshed on every reserve
                                with the TTL the caller passes (the API uses stats_ttl_seconds).
+    P:money:{o:OFFER_ID}...    money state of an offer (stock, budget, per-member claims, idempotency
+                               records): see ``infra/money_store.py``. No TTL on the two money hashes
+                               (they live as long as the campaign and survive a Redis restart).
 
 Scripts: ``_RESERVE_LUA`` (check-and-reserve one inventory key), ``_SET_MANY_LUA`` (the worker's batch
 write on a single node), and the catalog's seed-if-empty in ``infra/catalog_store.py``.
