@@ -10,6 +10,11 @@ order (within the allowed lateness) end in the same state as ordered ones.
 Decoding is done with msgspec straight from bytes into typed structs: it validates types, required
 fields and the tag in one pass at a few microseconds per event, which matters at 20k events/s.
 Unknown fields are rejected so that a producer typo is dead-lettered instead of silently ignored.
+
+Additions stay backward compatible: a new field is optional with a default, so every event written
+before it still decodes (``v`` stays 1). Added since the first release: ``arm`` (the member's
+experiment arm, ``None`` outside an experiment) on the feedback events (impression, click, dismiss,
+claims, redemption).
 """
 
 from __future__ import annotations
@@ -64,16 +69,22 @@ class Order(_Event, tag="order", frozen=True):
     discount: Money = 0.0
 
 
+#: An experiment arm name (service.experiments.ArmName).
+ArmName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class CouponClaim(_Event, tag="coupon_claim", frozen=True):
     offer_id: Id
     #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
     #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
     cost: Money | None = None
+    arm: ArmName | None = None
 
 
 class CouponRedeem(_Event, tag="coupon_redeem", frozen=True):
     offer_id: Id
     discount: Money = 0.0
+    arm: ArmName | None = None
 
 
 class BenefitUse(_Event, tag="benefit_use", frozen=True):
@@ -81,6 +92,7 @@ class BenefitUse(_Event, tag="benefit_use", frozen=True):
     #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
     #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
     cost: Money | None = None
+    arm: ArmName | None = None
 
 
 class ConsultBooked(_Event, tag="consult_booked", frozen=True):
@@ -88,6 +100,7 @@ class ConsultBooked(_Event, tag="consult_booked", frozen=True):
     #: Budget charged by this claim (the offer's cost when the service accepted it); None from producers
     #: that charge no budget (the offer's current cost is used then). Replay rebuilds budget use from it.
     cost: Money | None = None
+    arm: ArmName | None = None
 
 
 class Impression(_Event, tag="impression", frozen=True):
@@ -95,16 +108,19 @@ class Impression(_Event, tag="impression", frozen=True):
     offer_id: Id
     position: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     propensity: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
+    arm: ArmName | None = None
 
 
 class Click(_Event, tag="click", frozen=True):
     request_id: Id
     offer_id: Id
+    arm: ArmName | None = None
 
 
 class Dismiss(_Event, tag="dismiss", frozen=True):
     request_id: Id
     offer_id: Id
+    arm: ArmName | None = None
 
 
 class TierChanged(_Event, tag="tier_changed", frozen=True):

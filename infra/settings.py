@@ -96,6 +96,20 @@ class Settings(BaseSettings):
     slate_max_per_category: Annotated[int, Field(ge=1, le=50)] = 2
     slate_min_kinds: Annotated[int, Field(ge=1, le=3)] = 2
     exploration_epsilon: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: "epsilon" (greedy with a uniform pick w.p. exploration_epsilon) or "softmax" (Plackett-Luce sampling
+    #: at softmax_temperature); both log each shown offer's propensity.
+    exploration_mode: Literal["epsilon", "softmax"] = "epsilon"
+    softmax_temperature: Annotated[float, Field(gt=0, le=100)] = 0.5
+
+    # --- experiments (service/experiments.py)
+    #: A JSON experiment declaration stored at start-up when the store has none (else the stored one
+    #: stands; change it with PUT /v1/admin/experiment).
+    experiment_path: Path | None = None
+    experiment_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    #: JSON lines of shadow-model slates beside the live ones (None: shadow scoring is off).
+    shadow_log_path: Path | None = None
+    #: Shadow requests waiting to be scored; beyond it a sampled request is skipped (and counted).
+    shadow_queue_max: Annotated[int, Field(ge=1, le=100_000)] = 256
 
     # --- objective (service/objective.py): p * (claim_value + value_weight * value) * pacing
     #     - cost_weight * p * cost

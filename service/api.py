@@ -95,6 +95,7 @@ async def feedback(body: FeedbackRequest, fb: FeedbackDep) -> Response:
         body.event_ts,
         body.position,
         body.propensity,
+        body.arm,
     )
     return _json(out, 202)
 

@@ -22,15 +22,17 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.experiment_store import ExperimentStore
 from infra.redis_client import AnyRedis, connect
 from infra.redis_layout import MemberStore
 from infra.registry import Registry
 from infra.settings import Settings
-from service import api
+from service import api, experiment_api
 from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
 from service.deps import Resources
 from service.errors import ServiceError
+from service.experiment_runtime import ExperimentRuntime
 from service.feedback import FeedbackService
 from service.metrics import Metrics
 from service.middleware import EdgeLimits
@@ -82,6 +84,17 @@ async def _initial_catalog(res: Resources) -> None:
     except (RedisError, OSError) as exc:
         log.warning("catalog store unreachable at start (%s): serving the seed catalog until it is back", exc)
         res.catalog.current = build_snapshot(0, seed, time.time())
+
+
+async def _initial_experiment(experiments: ExperimentRuntime, settings: Settings) -> None:
+    """Store the file's experiment when none is stored, then follow the store (Redis down: no experiment
+    until the poller reaches it; members get the promoted model meanwhile)."""
+    try:
+        if settings.experiment_path is not None:
+            await experiments.seed_from_file(settings.experiment_path)
+        await experiments.refresh()
+    except (RedisError, OSError) as exc:
+        log.warning("experiment store unreachable at start (%s): no experiment until it is back", exc)
 
 
 def _update_gauges(res: Resources, counted_refusals: set[tuple[str, int]]) -> None:
@@ -156,11 +169,20 @@ def create_app(settings: Settings) -> FastAPI:
             keys=KeyRing(settings.storefront_api_keys, settings.admin_api_keys),
         )
         app.state.resources = res
+        experiments = ExperimentRuntime(
+            ExperimentStore(client, settings.layout),
+            models,
+            metrics,
+            settings.member_hash_salt.get_secret_value().encode(),
+        )
+        res.recommender.experiments = experiments
+        res.feedback.experiments = experiments
         counted: set[tuple[str, int]] = set()
         await asyncio.to_thread(models.refresh)
         if models.version is None:
             log.warning("no promoted model in %s: answering non-personalised rankings", settings.registry_dir)
         await _initial_catalog(res)
+        await _initial_experiment(experiments, settings)
         _update_gauges(res, counted)
         publisher.start()
 
@@ -173,7 +195,12 @@ def create_app(settings: Settings) -> FastAPI:
             await catalog.refresh_usage()
             _update_gauges(res, counted)
 
+        async def poll_experiment() -> None:
+            await experiments.refresh()
+            await experiments.flush()
+
         tasks = [
+            asyncio.create_task(_every(settings.experiment_poll_seconds, "experiment poll", poll_experiment)),
             asyncio.create_task(_every(settings.model_poll_seconds, "model poll", poll_models)),
             asyncio.create_task(_every(settings.catalog_poll_seconds, "catalog poll", poll_catalog)),
         ]
@@ -186,6 +213,8 @@ def create_app(settings: Settings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             await publisher.stop()
+            with contextlib.suppress(RedisError, OSError):
+                await experiments.flush()  # the last second of per-arm counts
             await client.aclose()
 
     app = FastAPI(
@@ -197,6 +226,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.storefront)
     app.include_router(api.admin)
     app.include_router(api.ops)
+    app.include_router(experiment_api.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

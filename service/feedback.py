@@ -29,6 +29,7 @@ from features import events as ev
 from infra.redis_layout import MemberStore
 from service.catalog import CatalogHolder
 from service.errors import Conflict, NotFound, Unavailable
+from service.experiment_runtime import FEEDBACK_COUNTER, ExperimentRuntime
 from service.metrics import Metrics
 from service.publisher import Publisher
 
@@ -54,22 +55,27 @@ def to_event(
     event_ts: float,
     position: int = 0,
     propensity: float | None = None,
+    arm: str | None = None,
 ) -> ev.Event:
     """The member event a feedback message stands for."""
     eid, mid, ts = uuid.uuid4().hex, member_id, event_ts
     if kind == "impression":
         return ev.Impression(
             event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id,
-            position=position, propensity=propensity,
+            position=position, propensity=propensity, arm=arm,
         )  # fmt: skip
     if kind == "click":
-        return ev.Click(event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id)
+        return ev.Click(
+            event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id, arm=arm
+        )
     if kind == "dismiss":
-        return ev.Dismiss(event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id)
+        return ev.Dismiss(
+            event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id, arm=arm
+        )
     if kind == "claim":
-        return _CLAIM_EVENT[offer_kind](event_id=eid, member_id=mid, event_ts=ts, offer_id=offer_id)
+        return _CLAIM_EVENT[offer_kind](event_id=eid, member_id=mid, event_ts=ts, offer_id=offer_id, arm=arm)
     if kind == "redeem":
-        return ev.CouponRedeem(event_id=eid, member_id=mid, event_ts=ts, offer_id=offer_id)
+        return ev.CouponRedeem(event_id=eid, member_id=mid, event_ts=ts, offer_id=offer_id, arm=arm)
     raise ValueError(f"unknown feedback type {kind!r}")
 
 
@@ -81,6 +87,8 @@ class FeedbackService:
         self.catalog = catalog
         self.publisher = publisher
         self.metrics = metrics
+        #: The running experiment (set by the app's lifespan): feedback carries the member's arm.
+        self.experiments: ExperimentRuntime | None = None
 
     async def submit(
         self,
@@ -91,6 +99,7 @@ class FeedbackService:
         event_ts: float | None = None,
         position: int = 0,
         propensity: float | None = None,
+        arm: str | None = None,
     ) -> dict[str, object]:
         snap = self.catalog.current
         i = snap.table.index.get(offer_id) if snap is not None else None
@@ -98,9 +107,14 @@ class FeedbackService:
             self.metrics.feedback.labels(type=kind, outcome="unknown_offer").inc()
             raise NotFound(f"offer {offer_id!r} is not in the catalog")
         offer = snap.offers[i]
+        xp = self.experiments
+        if arm is None and xp is not None:
+            # Assignment is a pure function of the member (sticky): the arm they were shown under.
+            arm = xp.assign(member_id)
         event = to_event(
-            kind, member_id, offer_id, offer.kind, request_id, event_ts or time.time(), position, propensity
-        )
+            kind, member_id, offer_id, offer.kind, request_id, event_ts or time.time(), position, propensity,
+            arm,
+        )  # fmt: skip
         reserved_units: int | None = None
         if kind == "claim" and offer.inventory is not None:
             try:
@@ -125,6 +139,10 @@ class FeedbackService:
             self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()
             raise
         self.metrics.feedback.labels(type=kind, outcome="accepted").inc()
+        if arm is not None and xp is not None:
+            xp.count(arm, FEEDBACK_COUNTER[kind])
+            if kind == "claim":
+                xp.count(arm, "cost", offer.cost)
         out: dict[str, object] = {
             "status": "accepted",
             "event_id": event.event_id,

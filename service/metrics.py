@@ -98,6 +98,19 @@ class Metrics:
         self.rejected = Counter(
             "benefits_http_rejected_total", "Requests refused by the edge middleware", ["cause"], registry=r
         )
+        # Per-arm experiment counts: views are recommend answers, the rest come from feedback.
+        self.experiment_events = Counter(
+            "benefits_experiment_events_total",
+            "Experiment counts per arm: views, impressions, clicks, claims, redemptions, dismisses",
+            ["experiment", "arm", "event"],
+            registry=r,
+        )
+        self.experiment_cost = Counter(
+            "benefits_experiment_cost_total",
+            "Cost of the claims made in each arm (the offers' cost per claim)",
+            ["experiment", "arm"],
+            registry=r,
+        )
         self._model_version: str | None = None
 
     def observe_stage(self, stage: str, ms: float) -> None:

@@ -15,6 +15,8 @@ def policy_from(settings: Settings) -> Policy:
         max_per_category=s.slate_max_per_category,
         min_kinds=s.slate_min_kinds,
         epsilon=s.exploration_epsilon,
+        exploration=s.exploration_mode,
+        temperature=s.softmax_temperature,
         objective=Objective(
             claim_value=s.objective_claim_value,
             value_weight=s.value_weight,

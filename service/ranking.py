@@ -10,7 +10,8 @@
          ``max_per_category`` per category (offers without one count as one more category); at least
          ``min_kinds`` kinds (coupon / benefit / consult) when the eligible set has them
       -> top-k, each with reason codes and a sentence, and its propensity (probability of being shown
-         at that position under epsilon-greedy exploration; 1.0 when exploration is off).
+         at that position given the items above it, under epsilon-greedy or softmax (Plackett-Luce)
+         exploration; 1.0 when exploration is off). A slate's propensity is the product.
 
 Reasons (service.reasons) are emitted only when their premise holds of the member's state, the page,
 the offer and its statistics; sensitive categories are never quoted back.
@@ -52,6 +53,11 @@ class Policy:
     reasons: ReasonRules = field(default_factory=ReasonRules)
     #: Withhold strictly worse versions of an offer family than a lower tier gets (service.fairness_guard).
     fairness_guard: bool = False
+    #: "epsilon": greedy, a uniform pick w.p. ``epsilon``; "softmax": Plackett-Luce sampling, each position
+    #: drawn w.p. exp(score / temperature) among the offers the slate rules still allow.
+    exploration: str = "epsilon"
+    #: Softmax temperature in score units (objective scores, currency per view: ~0.1-10 by default).
+    temperature: float = 0.5
 
 
 @dataclass
@@ -117,8 +123,12 @@ def rank(
     explain: bool = False,
     rng: np.random.Generator | None = None,
     locale: str = "en",
+    rules_only: bool = False,
 ) -> Ranking:
-    """Rank the snapshot's offers for one member. ``model`` is used only in the personalised modes."""
+    """Rank the snapshot's offers for one member. ``model`` is used only in the personalised modes.
+
+    ``rules_only`` (an experiment baseline): no learned or prior score, only value, pacing and the rules.
+    """
     t0 = time.perf_counter()
     reason = evaluate(snap.elig, snap.table.index, state, context, now, snap.claimed, snap.cost_used)
     eligible = np.flatnonzero(reason < 0)
@@ -130,7 +140,9 @@ def rank(
     if personal and len(eligible):
         x = rows(state, snap.table, context, now, only=eligible)  # eligible offers' rows alone
     t1 = time.perf_counter()
-    if x is not None and model is not None:
+    if rules_only:
+        base = np.ones(len(eligible))
+    elif x is not None and model is not None:
         base = model.predict(x).astype(np.float64)
     else:
         base = snap.table.static[eligible, _PRIOR_CLAIM].astype(np.float64)
@@ -157,7 +169,8 @@ def rank(
                 value=o.value,
                 score=round(float(score[j]), 6),
                 position=pos,
-                propensity=round(prop, 6),
+                # Six significant digits, not decimals: a softmax propensity can be far below 1e-6.
+                propensity=float(f"{prop:.6g}"),
                 reasons=reasons(o, facts, state if personal else None, context, now, policy.reasons, locale),
             )
         )
@@ -235,7 +248,16 @@ def _slate(
         missing = need_kinds - len(kinds_in)
         return not (missing > 0 and missing >= limit - len(picks) and kinds_l[j] in kinds_in)
 
-    explore = policy.epsilon > 0.0 and rng is not None
+    softmax = policy.exploration == "softmax"
+    explore = rng is not None and (softmax or policy.epsilon > 0.0)
+
+    def _take(j: int) -> None:
+        taken.add(j)
+        families_in.add(fam_l[j])
+        kinds_in.add(kinds_l[j])
+        c = cats_l[j]
+        per_cat[c] = per_cat.get(c, 0) + 1
+
     while len(picks) < limit:
         best = next((j for j in order if allowed(j)), None)
         if best is None:
@@ -244,14 +266,20 @@ def _slate(
         if explore and not pinned_l[best]:
             valid = [j for j in order if allowed(j) and not pinned_l[j]]
             assert rng is not None
+            if softmax:
+                # Plackett-Luce: this position's draw among what the rules allow; its probability is
+                # the propensity given the items above (stable: shift by the maximum first).
+                z = score[valid] / policy.temperature
+                w = np.exp(z - z.max())
+                w /= w.sum()
+                k = int(rng.choice(len(valid), p=w))
+                picks.append((valid[k], float(w[k])))
+                _take(valid[k])
+                continue
             if rng.random() < policy.epsilon:
                 chosen = valid[int(rng.integers(len(valid)))]
             # P(chosen) under epsilon-greedy: the greedy pick w.p. 1-eps, plus a uniform draw w.p. eps.
             prop = (1.0 - policy.epsilon) * (chosen == best) + policy.epsilon / len(valid)
         picks.append((chosen, prop))
-        taken.add(chosen)
-        families_in.add(fam_l[chosen])
-        kinds_in.add(kinds_l[chosen])
-        c = cats_l[chosen]
-        per_cat[c] = per_cat.get(c, 0) + 1
+        _take(chosen)
     return picks

@@ -43,6 +43,7 @@ from features.state import MemberState, new_state
 from infra.redis_failures import failure_cause
 from infra.redis_layout import MemberStore, decode_member
 from service.catalog import CatalogHolder, CatalogSnapshot
+from service.experiment_runtime import ExperimentRuntime
 from service.metrics import Metrics
 from service.model import ModelHolder
 from service.ranking import Mode, Policy, Ranking, rank
@@ -107,10 +108,12 @@ def response_body(
     snap: CatalogSnapshot | None,
     ranking: Ranking | None,
     explain: bool,
+    arm: str | None = None,
 ) -> dict[str, Any]:
     """The one builder of a recommend answer (``service.schemas.RecommendResponse`` documents it)."""
     body: dict[str, Any] = {
         "request_id": request_id,
+        "arm": arm,
         "model_version": model_version,
         "mode": mode.value,
         "degraded": cause is not None,
@@ -154,6 +157,8 @@ class Recommender:
         self.default_locale = default_locale
         #: (catalog version, minute) -> the shed answer's bytes; rebuilt when either changes.
         self._shed: tuple[tuple[int, int], bytes] | None = None
+        #: The running experiment (set by the app's lifespan); None = every member gets the promoted model.
+        self.experiments: ExperimentRuntime | None = None
 
     def shed_answer(self) -> bytes:
         """The answer given to a recommend request refused by the in-flight limit: a 200 with the
@@ -225,6 +230,11 @@ class Recommender:
             mode = Mode.PERSONALISED
         if state is None:
             state = new_state(q.member_id)
+        # The member's experiment arm (sticky hash, in process) may swap the model or use a baseline.
+        choice = self.experiments.choose(q.member_id, model) if self.experiments is not None else None
+        rules_only = False
+        if choice is not None and mode in (Mode.PERSONALISED, Mode.COLD_START):
+            model, rules_only = choice.model, choice.baseline == "rules_only"
 
         ranking: Ranking | None = None
         if snap is None:
@@ -235,6 +245,7 @@ class Recommender:
                     snap, state, q.context, now, q.limit,
                     model=model, mode=mode, policy=self.policy, explain=q.explain, rng=self.rng,
                     locale=q.locale,
+                    rules_only=rules_only,
                 )  # fmt: skip
             except Exception:
                 # A model that passed its load checks can still fail on live rows: answer the fallback.
@@ -251,8 +262,11 @@ class Recommender:
             model.version if model is not None and mode in (Mode.PERSONALISED, Mode.COLD_START) else None
         )
 
-        body = response_body(request_id, version, mode, cause, snap, ranking, explain=q.explain)
+        arm = choice.name if choice is not None else None
+        body = response_body(request_id, version, mode, cause, snap, ranking, explain=q.explain, arm=arm)
         self._account(q, body, ranking, read_ms, total_ms)
+        if arm is not None and self.experiments is not None:
+            self.experiments.count(arm, "views")
         return body
 
     def _account(
@@ -286,6 +300,7 @@ class Recommender:
                         "request_id": body["request_id"],
                         "member": member_hash(self.salt, q.member_id),
                         "model_version": body["model_version"],
+                        "arm": body["arm"],
                         "catalog_version": body["catalog_version"],
                         "mode": body["mode"],
                         "degraded_cause": body["degraded_cause"],
@@ -295,6 +310,7 @@ class Recommender:
                         "slate": [it["offer_id"] for it in items],
                         "scores": [it["score"] for it in items],
                         "propensities": [it["propensity"] for it in items],
+                        "slate_propensity": float(np.prod([it["propensity"] for it in items])),
                         "reasons": [[r["code"] for r in it["reasons"]] for it in items],
                         "ms": {k: round(v, 3) for k, v in stages.items()},
                     }

@@ -78,6 +78,8 @@ class RecommendResponse(BaseModel):
     """Documentation of the recommend answer (the route returns the same shape as orjson bytes)."""
 
     request_id: str
+    #: The member's experiment arm (sticky); null when no experiment applies. Send it back with feedback.
+    arm: str | None = None
     model_version: str | None
     mode: Literal["personalised", "cold_start", "non_personalised", "fallback"]
     degraded: bool
@@ -98,6 +100,8 @@ class FeedbackRequest(BaseModel):
     request_id: RequestId
     position: Annotated[int, Field(ge=0, le=1000)] = 0
     propensity: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    #: The ``arm`` of the recommend answer this is about; when omitted, the member's current arm.
+    arm: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     #: When it happened (Unix seconds, UTC); the server's clock when omitted.
     event_ts: Annotated[float, Field(ge=946684800.0, le=4102444800.0)] | None = None
 
