@@ -16,6 +16,12 @@ from infra.settings import Settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+def _add_groups() -> None:
+    from benefits.experiment_cli import experiment
+
+    app.add_typer(experiment, name="experiment")
+
+
 def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level)
@@ -260,3 +266,6 @@ def reliability(
 
 if __name__ == "__main__":
     app()
+
+
+_add_groups()
