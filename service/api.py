@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
@@ -16,7 +17,7 @@ from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
 from service.body import decode_recommend
-from service.deps import FeedbackDep, RecommenderDep, ResourcesDep, require_admin, require_storefront
+from service.deps import FeedbackDep, Resources, ResourcesDep, require_admin, require_storefront
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
@@ -27,6 +28,9 @@ from service.schemas import RecommendResponse as RecommendResponseModel
 _errors: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 413, 422, 503)
 }
+
+
+MAX_ACCEPT_LANGUAGE = 512
 
 
 def openapi_components() -> dict[str, Any]:
@@ -62,15 +66,25 @@ _RECOMMEND_BODY = {
 )
 async def recommend(
     request: Request,
-    rec: RecommenderDep,
     res: ResourcesDep,
-    accept_language: Annotated[str | None, Header(max_length=512)] = None,
+    accept_language: Annotated[str | None, Header(max_length=MAX_ACCEPT_LANGUAGE)] = None,
 ) -> Response:
     """Ranked offers (coupons, benefits, consults) for one member on one page, with reasons.
 
     The body is a :class:`~service.schemas.RecommendRequest`. Sentences are in the body's ``locale``,
-    else the best ``Accept-Language`` match, else the service default."""
-    body = decode_recommend(await request.body())
+    else the best ``Accept-Language`` match, else the service default. (Served by
+    :mod:`service.fastpath` once the app is started; this route documents it and is the same code.)"""
+    body = await recommend_answer(res, await request.body(), accept_language)
+    return Response(body, media_type="application/json")
+
+
+async def recommend_answer(res: Resources, raw: bytes, accept_language: str | None) -> bytes:
+    """The recommend answer as JSON bytes for a raw request body (raises RequestValidationError)."""
+    if accept_language is not None and len(accept_language) > MAX_ACCEPT_LANGUAGE:
+        raise RequestValidationError(
+            [{"loc": ("header", "accept-language"), "msg": f"longer than {MAX_ACCEPT_LANGUAGE} characters"}]
+        )
+    body = decode_recommend(raw)
     c = body.context
     query = RecommendQuery(
         member_id=body.member_id,
@@ -79,7 +93,7 @@ async def recommend(
         explain=body.explain,
         locale=negotiate(body.locale, accept_language, res.settings.default_locale),
     )
-    return _json(await rec.recommend(query))
+    return orjson.dumps(await res.recommender.recommend(query))
 
 
 @storefront.post(

@@ -29,10 +29,12 @@ from infra.registry import Registry
 from infra.settings import Settings
 from service import api, experiment_api
 from service.auth import KeyRing
+from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
 from service.deps import Resources
-from service.errors import ServiceError
+from service.errors import ServiceError, service_error_body, store_error_body
 from service.experiment_runtime import ExperimentRuntime
+from service.fastpath import RecommendFastPath
 from service.feedback import FeedbackService
 from service.metrics import Metrics
 from service.middleware import EdgeLimits
@@ -243,11 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return Response(
-            orjson.dumps({"error": exc.code, "message": exc.message}),
-            status_code=exc.status,
-            media_type="application/json",
-        )
+        return Response(service_error_body(exc), status_code=exc.status, media_type="application/json")
 
     @app.exception_handler(RedisError)
     @app.exception_handler(TimeoutError)
@@ -256,7 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
         # traceback). Routes that degrade instead (recommend) catch their own errors before this.
         log.warning("store error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return Response(
-            orjson.dumps({"error": "unavailable", "message": "a store is unreachable; retry"}),
+            store_error_body(),
             status_code=503,
             media_type="application/json",
             headers={"Retry-After": "1"},
@@ -277,21 +275,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        fields = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            fields.append({"field": ".".join(loc) or "body", "message": err.get("msg", "invalid")})
-        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return Response(
-            orjson.dumps({"error": "invalid_request", "message": message, "fields": fields}),
-            status_code=422,
-            media_type="application/json",
-        )
+        return Response(invalid_body(exc), status_code=422, media_type="application/json")
 
     def shed_recommend() -> bytes | None:
         res: Resources | None = getattr(app.state, "resources", None)
         return res.recommender.shed_answer() if res is not None else None
 
+    def resources() -> Resources | None:
+        res: Resources | None = getattr(app.state, "resources", None)
+        return res
+
+    # Inside the edge limits (added after, so outermost): the hot route skips the router (service.fastpath).
+    app.add_middleware(RecommendFastPath, resources=resources)  # type: ignore[arg-type]
     app.add_middleware(
         EdgeLimits,  # type: ignore[arg-type]
         max_in_flight=settings.max_in_flight,

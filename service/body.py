@@ -16,6 +16,7 @@ import re
 from typing import Annotated, Literal
 
 import msgspec
+import orjson
 from fastapi.exceptions import RequestValidationError
 
 from features.events import PAGE_TYPES
@@ -72,3 +73,13 @@ def _error(message: str) -> dict[str, object]:
     if key is not None:
         loc.append(key.group("key"))
     return {"loc": ("body", *loc), "msg": msg, "type": "value_error"}
+
+
+def invalid_body(exc: RequestValidationError) -> bytes:
+    """The 422 body: every invalid field named (``context.page_type``), with its message."""
+    fields = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        fields.append({"field": ".".join(loc) or "body", "message": err.get("msg", "invalid")})
+    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return orjson.dumps({"error": "invalid_request", "message": message, "fields": fields})

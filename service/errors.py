@@ -18,6 +18,8 @@ the promote route wraps it in :class:`Invalid`).
 
 from __future__ import annotations
 
+import orjson
+
 
 class ServiceError(Exception):
     status: int = 500
@@ -26,6 +28,16 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def service_error_body(exc: ServiceError) -> bytes:
+    """The one error shape: ``{"error": code, "message": ...}``."""
+    return orjson.dumps({"error": exc.code, "message": exc.message})
+
+
+def store_error_body() -> bytes:
+    """A store is down (503, with ``Retry-After: 1``): a dependency failure, not a bug."""
+    return orjson.dumps({"error": "unavailable", "message": "a store is unreachable; retry"})
 
 
 class Unauthorized(ServiceError):
