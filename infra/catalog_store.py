@@ -113,6 +113,24 @@ class CatalogStore:
             res = await pipe.execute()
         return int(res[1])
 
+    async def put_many(self, offers: list[Offer]) -> int:
+        """Create or replace several offers with ONE version bump (a bulk import); returns the version.
+
+        One HSET of every offer, then the bump, pipelined in that order like :meth:`put`. Nothing to
+        write returns the current version untouched (an idempotent re-import moves nothing).
+        """
+        if not offers:
+            return await self.version()
+        ttl = self.layout.catalog_ttl_seconds
+        mapping: dict[Any, Any] = {o.offer_id: o.model_dump_json() for o in offers}
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(self.layout.catalog_key, mapping=mapping)
+            pipe.incr(self.layout.catalog_version_key)
+            pipe.expire(self.layout.catalog_key, ttl)
+            pipe.expire(self.layout.catalog_version_key, ttl)
+            res = await pipe.execute()
+        return int(res[1])
+
     async def seed_if_empty(self, offers: list[Offer]) -> bool:
         """Write ``offers`` only if the catalog is empty (atomic); True when this call seeded it."""
         args: list[str | int] = [self.layout.catalog_ttl_seconds]

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # queue into each other's deadlines (3x overload measured in docs/reliability.md: 256 gave seconds).
     max_in_flight: Annotated[int, Field(ge=1, le=100_000)] = 32
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
+    # A catalogue file (POST /v1/admin/offers/import): 200 offers are ~40 KB as CSV, ~120 KB as JSON.
+    max_import_bytes: Annotated[int, Field(ge=256, le=100_000_000)] = 8 * 1024 * 1024
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
     #: Never offer a member a strictly worse version of an offer family than a lower tier gets in the
     #: same context (service.fairness_guard); withheld offers are counted and explained.

@@ -27,7 +27,7 @@ from infra.redis_client import AnyRedis, connect
 from infra.redis_layout import MemberStore
 from infra.registry import Registry
 from infra.settings import Settings
-from service import api, experiment_api
+from service import admin, api, console, experiment_api
 from service.auth import KeyRing
 from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
@@ -179,6 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         res.recommender.experiments = experiments
         res.feedback.experiments = experiments
+        metrics.business.bind(lambda: catalog.current)
         counted: set[tuple[str, int]] = set()
         await asyncio.to_thread(models.refresh)
         if models.version is None:
@@ -225,10 +226,15 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         description="Ranks coupons, membership benefits and consult offers per member and page.",
     )
+    # service.admin first: its fixed paths (/v1/admin/offers/export, /import) must win over
+    # /v1/admin/offers/{offer_id}.
+    app.include_router(admin.router)
     app.include_router(api.storefront)
     app.include_router(api.admin)
     app.include_router(api.ops)
     app.include_router(experiment_api.router)
+    app.include_router(console.router)
+    app.mount("/console/static", console.static_files(), name="console-static")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -293,5 +299,6 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         shed_recommend=shed_recommend,
+        path_limits={admin.IMPORT_PATH: settings.max_import_bytes},
     )
     return app

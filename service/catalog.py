@@ -163,6 +163,11 @@ class CatalogHolder:
         self._reserved: dict[str, int] = {}
         self._last_touch = 0.0
 
+    @property
+    def stats(self) -> dict[str, OfferCounters]:
+        """The per-offer statistics of the last usage refresh (summed over the stream's partials)."""
+        return self._stats
+
     async def refresh(self, now: float | None = None) -> bool:
         """Reload when the version key changed; returns True when a new version was installed."""
         now = time.time() if now is None else now

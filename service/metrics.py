@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.business_metrics import BusinessMetrics
+
 STAGES = ("state_read", "features", "model", "rerank", "total")
 # Sub-millisecond resolution where the budget is (target p50 <= 1 ms), up to the deadline and beyond.
 _LATENCY_BUCKETS = (
@@ -111,6 +113,8 @@ class Metrics:
             ["experiment", "arm"],
             registry=r,
         )
+        #: Stock, budget and claims per offer (bounded labels; service.business_metrics).
+        self.business = BusinessMetrics(r)
         self._model_version: str | None = None
 
     def observe_stage(self, stage: str, ms: float) -> None:

@@ -52,11 +52,14 @@ class EdgeLimits:
         max_body_bytes: int,
         metrics: Metrics,
         shed_recommend: Callable[[], bytes | None] | None = None,
+        path_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.shed_recommend = shed_recommend
         self.max_in_flight = max_in_flight
         self.max_body_bytes = max_body_bytes
+        #: Paths with their own body limit (a catalogue import is a file, not a page view).
+        self.path_limits = path_limits or {}
         self.metrics = metrics
         self.in_flight = 0
 
@@ -75,7 +78,7 @@ class EdgeLimits:
             self.metrics.rejected.labels(cause="overloaded").inc()
             await _reply(send, 503, "overloaded", "too many requests in flight; retry shortly")
             return
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":

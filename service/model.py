@@ -225,6 +225,7 @@ class ModelHolder:
             "runtime": model.runtime if model is not None else None,
             "scorer_fallback": model.fallback_reason if model is not None else None,
             "promoted": self.registry.promoted(),
+            "previous": (self.registry.pointer() or {}).get("previous"),
             "refused": [
                 {"version": v, "reason": e.reason, "detail": e.detail} for (v, _), e in self.refused.items()
             ],

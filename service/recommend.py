@@ -209,7 +209,10 @@ class Recommender:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None, "state_corrupt"
 
-    async def recommend(self, q: RecommendQuery, now: float | None = None) -> dict[str, Any]:
+    async def recommend(
+        self, q: RecommendQuery, now: float | None = None, *, account: bool = True
+    ) -> dict[str, Any]:
+        """The answer for ``q``; ``account=False`` (an operator's preview) skips metrics and the log line."""
         t0 = time.perf_counter()
         request_id = uuid.uuid4().hex
         now = time.time() if now is None else now
@@ -264,9 +267,10 @@ class Recommender:
 
         arm = choice.name if choice is not None else None
         body = response_body(request_id, version, mode, cause, snap, ranking, explain=q.explain, arm=arm)
-        self._account(q, body, ranking, read_ms, total_ms)
-        if arm is not None and self.experiments is not None:
-            self.experiments.count(arm, "views")
+        if account:
+            self._account(q, body, ranking, read_ms, total_ms)
+            if arm is not None and self.experiments is not None:
+                self.experiments.count(arm, "views")
         return body
 
     def _account(
