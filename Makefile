@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit integration property bench loadtest reliability clean
+.PHONY: install chromium demo test lint typecheck unit integration property bench loadtest reliability screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+# tests/browser drive Debian's chromium through Playwright (`playwright install` cannot download its own
+# browser here). Installed when missing; needs root (CI runs as root), a no-op where it is already there.
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@test -x $(CHROMIUM) || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test: install chromium lint typecheck
 	$(BIN)/pytest
+
+# Regenerate docs/console/*.png from the browser tests.
+screenshots: install chromium
+	$(BIN)/pytest -q tests/browser -k every_page --console-screenshots docs/console
 
 unit: install
 	$(BIN)/pytest -m "not integration and not slow"

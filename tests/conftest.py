@@ -57,3 +57,12 @@ def topics(broker: Service, unique: str) -> dict[str, str]:
     names = {"events": f"member-events-{unique}", "dlq": f"member-events-dlq-{unique}"}
     asyncio.run(create_topics(broker.url, {names["events"]: 4, names["dlq"]: 1}))
     return names
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--console-screenshots",
+        default=None,
+        metavar="DIR",
+        help="tests/browser: write a screenshot of every console page to DIR (docs/console).",
+    )

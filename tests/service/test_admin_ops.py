@@ -8,7 +8,9 @@ import time
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from features.demo_catalog import demo_catalog
 from features.offers import Offer

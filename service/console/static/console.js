@@ -40,7 +40,11 @@ function tsText(ts) {
   return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 16) + " UTC" : "–";
 }
 
-function fill(tbody, rows) {
+function fill(tbody, rows, empty) {
+  if (!rows.length && empty) {
+    const cols = tbody.closest("table").querySelectorAll("thead th").length || 1;
+    rows = [el("tr", { class: "empty" }, el("td", { colspan: cols, class: "muted" }, empty))];
+  }
   tbody.replaceChildren(...rows);
 }
 
@@ -390,7 +394,7 @@ function initModels() {
           el("button", { type: "button", class: "promote", onclick: () => promote(v.version) }, "Promote")));
     }));
     fill(document.querySelector("#refused tbody"), status.refused.map((r) =>
-      el("tr", {}, el("td", {}, r.version), el("td", {}, r.reason), el("td", { class: "small" }, r.detail))));
+      el("tr", {}, el("td", {}, r.version), el("td", {}, r.reason), el("td", { class: "small" }, r.detail))), "No model refused.");
   }
 
   async function act(text, method, path) {
@@ -422,22 +426,22 @@ function initHealth() {
     document.getElementById("ready").textContent = ready.ready ? "ready" : "NOT READY";
     document.getElementById("ready").className = ready.ready ? "ok" : "bad";
     document.getElementById("model").textContent = h.model_version || "none";
-    document.getElementById("catalog").textContent = `v${fmt(h.catalog_version)} · ${fmt(h.catalog_offers)} offers`;
+    document.getElementById("catalog").textContent = `version ${fmt(h.catalog_version)} · ${fmt(h.catalog_offers)} offers`;
     document.getElementById("answers").textContent = fmt(h.answers);
     document.getElementById("degraded").textContent = pct(h.degraded_share);
     document.getElementById("deadline").textContent = fmt(h.deadline_exceeded);
     const share = (n) => (h.answers ? pct(n / h.answers) : "–");
     fill(document.querySelector("#modes tbody"), Object.entries(h.answers_by_mode).map(([m, n]) =>
-      el("tr", {}, el("td", {}, m), el("td", { class: "num" }, fmt(n)), el("td", { class: "num" }, share(n)))));
+      el("tr", {}, el("td", {}, m), el("td", { class: "num" }, fmt(n)), el("td", { class: "num" }, share(n)))), "No recommend answers yet.");
     fill(document.querySelector("#causes tbody"), Object.entries(h.degraded_by_cause).map(([c, n]) =>
-      el("tr", {}, el("td", {}, c), el("td", { class: "num" }, fmt(n)), el("td", { class: "num" }, share(n)))));
+      el("tr", {}, el("td", {}, c), el("td", { class: "num" }, fmt(n)), el("td", { class: "num" }, share(n)))), "No degraded answers.");
     fill(document.querySelector("#stages tbody"), Object.entries(h.stage_latency_ms).map(([s, r]) =>
       el("tr", {}, el("td", {}, s), el("td", { class: "num" }, fmt(r.count)), el("td", { class: "num" }, fmt(r.p50)),
         el("td", { class: "num" }, fmt(r.p95)), el("td", { class: "num" }, fmt(r.p99)))));
     fill(document.querySelector("#feedback tbody"), Object.entries(h.feedback).flatMap(([t, outs]) =>
-      Object.entries(outs).map(([o, n]) => el("tr", {}, el("td", {}, t), el("td", {}, o), el("td", { class: "num" }, fmt(n))))));
+      Object.entries(outs).map(([o, n]) => el("tr", {}, el("td", {}, t), el("td", {}, o), el("td", { class: "num" }, fmt(n))))), "No feedback received yet.");
     fill(document.querySelector("#edge tbody"), Object.entries(h.edge_rejected_by_cause).map(([c, n]) =>
-      el("tr", {}, el("td", {}, c), el("td", { class: "num" }, fmt(n)))));
+      el("tr", {}, el("td", {}, c), el("td", { class: "num" }, fmt(n)))), "Nothing refused.");
   });
 }
 
@@ -470,7 +474,7 @@ function initMember() {
       el("td", {}, o.kind), el("td", { class: "num" }, fmt(o.score, 4)), el("td", { class: "num" }, fmt(o.propensity, 3)),
       el("td", {}, el("ul", { class: "reasons" }, o.reasons.map((r) => el("li", { title: r.code }, r.text)))))));
     fill(document.querySelector("#excluded tbody"), slate.excluded.map((x) => el("tr", { "data-offer": x.offer_id },
-      el("td", {}, el("code", {}, x.offer_id)), el("td", {}, el("code", {}, x.reason)), el("td", {}, x.text))));
+      el("td", {}, el("code", {}, x.offer_id)), el("td", {}, el("code", {}, x.reason)), el("td", {}, x.text))), "Every offer was eligible.");
     document.getElementById("excluded-count").textContent = `${slate.excluded.length} offers`;
     const s = state || { attributes: {}, features: {}, category_interest_7d: {}, offers: [] };
     const attrs = { ...s.attributes };
@@ -483,7 +487,7 @@ function initMember() {
       el("td", { class: "num" }, o.shown), el("td", { class: "num" }, o.impressions_since_action),
       el("td", { class: "num" }, o.clicks), el("td", { class: "num" }, o.claims), el("td", { class: "num" }, o.dismisses),
       el("td", { class: "small" }, o.caps ? `max ${o.caps.max_claims_per_member} claim(s), ${o.caps.max_impressions_without_action} views w/o action, ` +
-        `cool-down ${o.caps.cooldown_after_claim_hours} h after claim / ${o.caps.cooldown_after_dismiss_hours} h after dismiss` : "–"))));
+        `cool-down ${o.caps.cooldown_after_claim_hours} h after claim / ${o.caps.cooldown_after_dismiss_hours} h after dismiss` : "–"))), "No offer history.");
   }
 
   form.addEventListener("submit", (ev) => { ev.preventDefault(); show().catch((e) => flash(e.message, "error")); });
