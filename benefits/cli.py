@@ -264,6 +264,15 @@ def reliability(
     raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
 
 
+def _catalog_app() -> typer.Typer:
+    from benefits.catalog_cli import app as catalog
+
+    return catalog
+
+
+app.add_typer(_catalog_app(), name="catalog", help="Bulk import / export of the offer catalogue.")
+
+
 if __name__ == "__main__":
     app()
 

@@ -45,17 +45,12 @@ async def import_offers(
     data = await request.body()
     fmt = format or bulk.detect_format(request.headers.get("content-type", ""), data)
     try:
-        parsed = bulk.parse(data, fmt)
+        report, applied = await bulk.run_import(res.catalog_store, data, fmt, dry_run=dry_run)
     except bulk.ImportFormatError as exc:
         raise Invalid(f"import file refused: {exc}") from None
-    version, stored = await res.catalog_store.read_all()
-    the_plan = bulk.plan(parsed, stored)
-    applied = False
-    if not dry_run and the_plan.writes:
-        version = await res.catalog_store.put_many(the_plan.writes)
-        await res.catalog.refresh()
-        applied = True
-    return _json(the_plan.report(dry_run=dry_run, applied=applied, catalog_version=version))
+    if applied:
+        await res.catalog.refresh()  # this replica at once; the others within a poll interval
+    return _json(report)
 
 
 @router.get("/v1/admin/offers/export")

@@ -37,6 +37,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from features.offers import Caps, Eligibility, Offer
+from service.catalog import CatalogStore
 
 #: Most rows one import may carry (one request body; the body-size limit applies too).
 MAX_ROWS = 10_000
@@ -260,6 +261,23 @@ def plan(parsed: Parsed, stored: list[Offer]) -> Plan:
         else:
             updated.append(offer)
     return Plan(parsed, created, updated, unchanged)
+
+
+async def run_import(
+    store: CatalogStore, data: bytes, fmt: str, *, dry_run: bool
+) -> tuple[dict[str, Any], bool]:
+    """Parse, plan against the stored catalogue and (unless ``dry_run``) write: (report, applied).
+
+    Raises :class:`ImportFormatError` for an unreadable file. The admin route and the CLI both call this.
+    """
+    parsed = parse(data, fmt)
+    version, stored = await store.read_all()
+    the_plan = plan(parsed, stored)
+    applied = False
+    if not dry_run and the_plan.writes:
+        version = await store.put_many(the_plan.writes)
+        applied = True
+    return the_plan.report(dry_run=dry_run, applied=applied, catalog_version=version), applied
 
 
 # -- export ----------------------------------------------------------------------------------------------
