@@ -66,7 +66,11 @@ async def export_offers(res: ResourcesDep, format: Literal["csv", "json"] = "csv
 async def campaigns(res: ResourcesDep) -> Response:
     """Live state per offer in this replica's catalogue snapshot: inventory left, budget spent, pacing,
     claims per minute, claim refusals by reason (counted by this process)."""
-    return _json(insight.campaigns(res.catalog.current, res.metrics, res.catalog.stats))
+    return _json(
+        insight.campaigns(
+            res.catalog.current, res.metrics, res.catalog.stats, res.recommender.policy.objective
+        )
+    )
 
 
 @router.post("/v1/admin/models/rollback")

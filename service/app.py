@@ -179,7 +179,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         res.recommender.experiments = experiments
         res.feedback.experiments = experiments
-        metrics.business.bind(lambda: catalog.current)
+        metrics.business.bind(lambda: catalog.current, policy.objective)
         counted: set[tuple[str, int]] = set()
         await asyncio.to_thread(models.refresh)
         if models.version is None:

@@ -24,12 +24,14 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from features.offer_stats import OfferCounters
 from features.offers import Offer
+from service.objective import Objective, pacing, time_left_share
 
 if TYPE_CHECKING:
     from service.catalog import CatalogSnapshot
@@ -42,6 +44,14 @@ RATE_WINDOW_SECONDS = 300.0
 def watched(offer: Offer) -> bool:
     """An offer with stock or budget to run out: worth a per-offer series."""
     return offer.inventory is not None or offer.budget is not None
+
+
+def pacing_now(snap: CatalogSnapshot, now: float, objective: Objective) -> np.ndarray:
+    """The pacing factor of every offer of ``snap`` at ``now`` (1 for unbudgeted offers), as ranking
+    applies it (``service.objective``)."""
+    return pacing(
+        snap.budget_left, time_left_share(snap.campaign_end, snap.campaign_inv_duration, now), objective
+    )
 
 
 def used_share(snap: CatalogSnapshot, i: int) -> float:
@@ -58,6 +68,7 @@ class BusinessMetrics(Collector):
     def __init__(self, registry: CollectorRegistry, max_offers: int = 50) -> None:
         self.max_offers = max_offers
         self._source: Callable[[], CatalogSnapshot | None] = lambda: None
+        self._objective = Objective()
         self.claims = Counter(
             "benefits_offer_claims_total",
             "Claims per offer by outcome (accepted or the refusal reason); limited/budgeted offers only, "
@@ -71,9 +82,11 @@ class BusinessMetrics(Collector):
         self._samples: deque[tuple[float, dict[str, float]]] = deque()
         registry.register(self)
 
-    def bind(self, source: Callable[[], CatalogSnapshot | None]) -> None:
-        """Where the gauges read the live catalogue snapshot from (the app's catalogue holder)."""
+    def bind(self, source: Callable[[], CatalogSnapshot | None], objective: Objective) -> None:
+        """Where the gauges read the live catalogue snapshot from (the app's catalogue holder), and the
+        objective whose pacing they report."""
         self._source = source
+        self._objective = objective
 
     # -- claims ----------------------------------------------------------------------------------------
     def claim(self, offer: Offer, outcome: str) -> None:
@@ -137,6 +150,7 @@ class BusinessMetrics(Collector):
         )
         n_dropped = 0
         if snap is not None:
+            pace = pacing_now(snap, time.time(), self._objective)
             idx = [i for i, o in enumerate(snap.offers) if watched(o) and o.active]
             idx.sort(key=lambda i: (-used_share(snap, i), snap.offers[i].offer_id))
             n_dropped = max(0, len(idx) - self.max_offers)
@@ -149,6 +163,6 @@ class BusinessMetrics(Collector):
                 if o.budget is not None:
                     budget.add_metric(lv, float(o.budget))
                     spent.add_metric(lv, float(snap.cost_used[i]))
-                    pacing.add_metric(lv, float(snap.pacing[i]))
+                    pacing.add_metric(lv, float(pace[i]))
         dropped.add_metric([], float(n_dropped))
         yield from (inv_left, inv_total, spent, budget, pacing, dropped)

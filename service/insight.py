@@ -13,8 +13,10 @@ from features.offer_stats import OfferCounters
 from features.offers import Offer
 from features.projection import FEATURE_NAMES, Context, rows
 from features.state import MemberState
+from service.business_metrics import pacing_now
 from service.catalog import CatalogSnapshot
 from service.metrics import STAGES, Metrics
+from service.objective import Objective
 
 #: Feature-name prefixes that describe the offer or the member x offer pair, not the member.
 _OFFER_SIDE = ("kind_", "subtype_", "offer_", "is_limited", "inventory_", "has_category", "mo_", "cat_")
@@ -29,6 +31,7 @@ def campaigns(
     snap: CatalogSnapshot | None,
     metrics: Metrics,
     stats: dict[str, OfferCounters],
+    objective: Objective,
     now: float | None = None,
 ) -> dict[str, Any]:
     """One row per offer: stock, budget, pacing, claims (total and per minute), refusals by reason."""
@@ -38,6 +41,7 @@ def campaigns(
     rate = business.per_minute()
     out: list[dict[str, Any]] = []
     if snap is not None:
+        pace = pacing_now(snap, now, objective)
         for i, o in enumerate(snap.offers):
             claimed = float(snap.claimed[i])
             spent = float(snap.cost_used[i])
@@ -57,7 +61,7 @@ def campaigns(
                 "budget_spent": _r(spent, 2),
                 "budget_spent_share": _r(spent / o.budget) if o.budget else None,
                 "campaign_elapsed_share": _elapsed(o, now),
-                "pacing": _r(float(snap.pacing[i])),
+                "pacing": _r(float(pace[i])),
                 "claims": int(max(c.claims if c is not None else 0, claimed)),
                 "impressions": c.impressions if c is not None else 0,
                 "claims_per_min": _r(rate.get(o.offer_id, 0.0), 2) if rate else None,
