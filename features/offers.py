@@ -128,6 +128,29 @@ class Offer(BaseModel):
     #: campaigns). A slate holds at most one per family and a dismissal cools the whole family down.
     #: None = derived from kind, subtype, value and threshold (:attr:`family_key`).
     family: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    #: What a storefront shows beside the title (optional; returned on every recommended item).
+    display_text: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    #: The storefront's key for the offer's image in its own asset store (not a URL we fetch).
+    image_key: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_./:@-]+$")] | None = (
+        None
+    )
+
+    @property
+    def valid_until_ts(self) -> float | None:
+        """When the member can no longer use the offer: the earlier of the eligibility window's end and
+        the campaign's end (None when neither is set)."""
+        ends = [t for t in (self.eligibility.valid_to_ts, self.campaign_end_ts) if t is not None]
+        return min(ends) if ends else None
+
+    def storefront_fields(self) -> dict[str, object]:
+        """The fields a storefront renders, beyond id, kind, title and value: on every recommended item
+        and in ``GET /v1/offers/{offer_id}``."""
+        return {
+            "threshold": self.threshold,
+            "valid_until_ts": self.valid_until_ts,
+            "display_text": self.display_text,
+            "image_key": self.image_key,
+        }
 
     @property
     def family_key(self) -> str:

@@ -27,7 +27,7 @@ from infra.redis_client import AnyRedis, connect
 from infra.redis_layout import MemberStore
 from infra.registry import Registry
 from infra.settings import Settings
-from service import admin, api, console, experiment_api
+from service import admin, api, console, experiment_api, storefront_api
 from service.auth import KeyRing
 from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
@@ -230,6 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
     # /v1/admin/offers/{offer_id}.
     app.include_router(admin.router)
     app.include_router(api.storefront)
+    app.include_router(storefront_api.router)
     app.include_router(api.admin)
     app.include_router(api.ops)
     app.include_router(experiment_api.router)

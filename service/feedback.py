@@ -123,9 +123,11 @@ class FeedbackService:
                 )
             except (RedisError, OSError):
                 self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()
+                self.metrics.business.claim(offer, "unavailable")
                 raise Unavailable("inventory store unreachable; the claim was not recorded, retry") from None
             if reserved_units is None:
                 self.metrics.feedback.labels(type=kind, outcome="sold_out").inc()
+                self.metrics.business.claim(offer, "sold_out")
                 raise Conflict(f"offer {offer_id!r} is sold out")
         try:
             await self.publisher.send(member_id, ev.encode(event))
@@ -137,8 +139,12 @@ class FeedbackService:
                 except (RedisError, OSError):
                     log.error("could not release a reserved unit of %s after a failed publish", offer_id)
             self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()
+            if kind == "claim":
+                self.metrics.business.claim(offer, "unavailable")
             raise
         self.metrics.feedback.labels(type=kind, outcome="accepted").inc()
+        if kind == "claim":
+            self.metrics.business.claim(offer, "accepted")
         if arm is not None and xp is not None:
             xp.count(arm, FEEDBACK_COUNTER[kind])
             if kind == "claim":

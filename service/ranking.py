@@ -72,9 +72,12 @@ class RankedOffer:
     position: int
     propensity: float
     reasons: list[dict[str, str]]
+    #: What the storefront renders: threshold, validity end, display text, image key.
+    display: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **self.display,
             "offer_id": self.offer_id,
             "kind": self.kind,
             "subtype": self.subtype,
@@ -172,6 +175,7 @@ def rank(
                 # Six significant digits, not decimals: a softmax propensity can be far below 1e-6.
                 propensity=float(f"{prop:.6g}"),
                 reasons=reasons(o, facts, state if personal else None, context, now, policy.reasons, locale),
+                display=o.storefront_fields(),
             )
         )
     excluded = None

@@ -66,6 +66,12 @@ class RankedOfferOut(BaseModel):
     position: int
     propensity: float
     reasons: list[Reason]
+    #: Minimum basket of a threshold coupon, in currency (0: none).
+    threshold: float = 0.0
+    #: When the offer stops being usable (Unix seconds, UTC): eligibility window or campaign end.
+    valid_until_ts: float | None = None
+    display_text: str | None = None
+    image_key: str | None = None
 
 
 class Excluded(BaseModel):
