@@ -22,6 +22,9 @@ def _add_groups() -> None:
     app.add_typer(experiment, name="experiment")
 
 
+_add_groups()
+
+
 def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level)
@@ -275,6 +278,3 @@ app.add_typer(_catalog_app(), name="catalog", help="Bulk import / export of the 
 
 if __name__ == "__main__":
     app()
-
-
-_add_groups()
