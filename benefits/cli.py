@@ -113,42 +113,31 @@ def train(
 
 @app.command()
 def promote(version: Annotated[str, typer.Argument(help="Model version in the registry.")]) -> None:
-    """Make VERSION the served model; API replicas hot-swap it within a poll interval."""
-    from infra.registry import Registry, RegistryError
+    """Check VERSION (loads, schema, predictions, parity with its LightGBM source), then make it the
+    served model; API replicas hot-swap it within a poll interval. Refused (exit 1) with the reason."""
+    from benefits.models_commands import promote_command
 
-    settings = _settings()
-    try:
-        ptr = Registry(settings.registry_dir).promote(version)
-    except RegistryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"promoted {ptr['version']} (previous: {ptr['previous']})")
+    raise typer.Exit(promote_command(_settings(), version))
 
 
 @app.command()
-def rollback() -> None:
-    """Promote the previously promoted model version."""
-    from infra.registry import Registry, RegistryError
+def rollback(
+    to: Annotated[
+        str | None, typer.Option(help="A version promoted before (default: the previous one).")
+    ] = None,
+) -> None:
+    """Point back at an earlier promoted version, after the same checks as promote."""
+    from benefits.models_commands import rollback_command
 
-    settings = _settings()
-    try:
-        ptr = Registry(settings.registry_dir).rollback()
-    except RegistryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"promoted {ptr['version']} (previous: {ptr['previous']})")
+    raise typer.Exit(rollback_command(_settings(), to))
 
 
 @app.command()
 def models() -> None:
-    """List model versions in the registry and which one is promoted."""
-    from infra.registry import Registry
+    """List model versions (held-out AUC, which is promoted) and the promotion history."""
+    from benefits.models_commands import models_command
 
-    settings = _settings()
-    reg = Registry(settings.registry_dir)
-    current = reg.promoted()
-    for v in reg.versions():
-        typer.echo(f"{'*' if v == current else ' '} {v}")
+    raise typer.Exit(models_command(_settings()))
 
 
 @app.command()

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
 
     # --- model registry and catalog
     registry_dir: Path = Path("var/registry")
+    #: Held-out AUC a newly trained model must gain over the promoted one, on the same rows, for
+    #: ``benefits train`` to promote it (it must also beat popularity).
+    promotion_min_auc_gain: Annotated[float, Field(ge=0, le=1)] = 0.002
     model_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
     #: "auto": the promoted model's trees compiled to native code once they match onnxruntime, else
     #: onnxruntime (logged and counted); "compiled": refuse a model that cannot be compiled; "onnx": never.

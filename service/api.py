@@ -21,6 +21,7 @@ from service.deps import FeedbackDep, Resources, ResourcesDep, require_admin, re
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
+from service.promotion import check_version
 from service.recommend import RecommendQuery
 from service.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, MemberId, RecommendRequest
 from service.schemas import RecommendResponse as RecommendResponseModel
@@ -204,13 +205,16 @@ async def promote_model(version: str, res: ResourcesDep) -> dict[str, object]:
     if not known:
         raise NotFound(f"model version {version!r} is not in the registry")
     try:
-        model = await asyncio.to_thread(res.models.check, version)
+        model, checks = await asyncio.to_thread(
+            check_version, reg, version, res.models.runtime, res.models.cache_dir
+        )
     except ModelRefused as exc:
         res.metrics.model_refused.labels(reason=exc.reason).inc()
+        reg.record("refused", version, reason=f"{exc.reason}: {exc.detail}")
         raise Invalid(
             f"model {version} refused ({exc.reason}): {exc.detail}; still serving {res.models.version}"
         ) from None
-    pointer = reg.promote(version)
+    pointer = reg.promote(version, reason="admin API", checks=checks)
     res.models.install(model)
     res.metrics.set_model(model.version)
     return {"promoted": version, "previous": pointer.get("previous"), "serving": res.models.version}
@@ -234,7 +238,7 @@ async def readyz(res: ResourcesDep) -> Response:
     except (RedisError, OSError, TimeoutError):
         redis_ok = False
     snap = res.catalog.current
-    checks = {
+    checks: dict[str, object] = {
         "pid": os.getpid(),  # which API process answered (several share a port: benefits serve --workers)
         "redis": redis_ok,
         "model": res.models.version,
@@ -242,6 +246,9 @@ async def readyz(res: ResourcesDep) -> Response:
         "catalog_version": snap.version if snap is not None else None,
         "catalog_offers": len(snap) if snap is not None else 0,
     }
+    if res.models.pointer_refused is not None:
+        # Still ready when it serves an earlier good version; the body says the pointer was refused.
+        checks["model_pointer_refused"] = res.models.pointer_refused
     ready = redis_ok and res.models.version is not None and snap is not None and snap.version > 0
     return _json({"ready": ready, **checks}, 200 if ready else 503)
 

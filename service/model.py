@@ -172,6 +172,9 @@ class ModelHolder:
     #: (version, mtime_ns) -> refusal; a refused file is not retried until it changes on disk.
     refused: dict[tuple[str, int], ModelRefused] = field(default_factory=dict)
     swaps: int = 0
+    #: Set while the registry pointer names a version this process refused: which, why, and what it
+    #: serves instead (``/readyz`` shows it as ``model_pointer_refused``).
+    pointer_refused: dict[str, Any] | None = None
 
     @property
     def version(self) -> str | None:
@@ -201,6 +204,8 @@ class ModelHolder:
         """Follow the registry pointer; returns True when a new model was installed. Blocking (file I/O)."""
         version = self.registry.promoted()
         if version is None or version == self.version:
+            if version is not None:
+                self.pointer_refused = None
             return False
         key = (version, self._mtime(version))
         if key in self.refused:
@@ -209,14 +214,35 @@ class ModelHolder:
             model = self.check(version)
         except ModelRefused as exc:
             self.refused[key] = exc
+            installed = self.current is None and self._install_last_good(version)
             log.error(
-                "model %s refused (%s): %s; still serving %s", version, exc.reason, exc.detail, self.version
-            )
-            return False
+                "model %s refused (%s): %s; serving %s%s", version, exc.reason, exc.detail, self.version,
+                " (the last good version in the promotion history)" if installed else "",
+            )  # fmt: skip
+            self.pointer_refused = {
+                "version": version, "reason": exc.reason, "detail": exc.detail, "serving": self.version,
+            }  # fmt: skip
+            return installed
         previous = self.version
         self.install(model)
+        self.pointer_refused = None
         log.info("model %s installed (previous %s)", version, previous)
         return True
+
+    def _install_last_good(self, refused: str) -> bool:
+        """A process with no model meets a bad pointer: serve the newest version the pointer held
+        before that still loads (the promotion history), rather than no model at all."""
+        for candidate in self.registry.promoted_versions():
+            if candidate == refused:
+                continue
+            try:
+                model = self.check(candidate)
+            except ModelRefused as exc:
+                log.warning("earlier version %s does not load either (%s)", candidate, exc.reason)
+                continue
+            self.install(model)
+            return True
+        return False
 
     def status(self) -> dict[str, Any]:
         model = self.current
@@ -226,6 +252,7 @@ class ModelHolder:
             "scorer_fallback": model.fallback_reason if model is not None else None,
             "promoted": self.registry.promoted(),
             "previous": (self.registry.pointer() or {}).get("previous"),
+            "pointer_refused": self.pointer_refused,
             "refused": [
                 {"version": v, "reason": e.reason, "detail": e.detail} for (v, _), e in self.refused.items()
             ],

@@ -31,8 +31,11 @@ Rows are built as of each impression's time (:mod:`training.dataset`), split by 
 early stopping, evaluated on the latest slice against random, popularity, the currently promoted model
 and (when known) the true probabilities, exported to ONNX with a parity gate, and written to the
 registry as ``models/VERSION/`` with ``metadata.json`` and ``report.html``. With ``promote`` the new
-version is promoted when it beats the popularity baseline on held-out AUC (else it stays registered,
-unpromoted, and the reason is logged).
+version is promoted only when, on the same held-out rows, it beats the popularity baseline and the
+currently promoted model by at least ``promotion_min_auc_gain`` AUC (:func:`promotion_decision`); else it
+stays registered, unpromoted, and the reason is printed, logged, kept in its metadata and in the
+registry's promotion history. A promoted model that cannot be scored on those rows (another feature
+schema, a broken file) is no comparison: then the new version waits for ``benefits promote``.
 """
 
 from __future__ import annotations
@@ -146,6 +149,41 @@ def promoted_scores(registry: Registry, X: np.ndarray) -> tuple[str | None, np.n
         return version, None
 
 
+#: Default of the ``promotion_min_auc_gain`` setting: held-out AUC a new model must gain over the
+#: promoted one (on the same rows) to replace it automatically.
+MIN_AUC_GAIN = 0.002
+
+
+def promotion_decision(
+    result: dict[str, Any], promoted_version: str | None, compared: bool, min_auc_gain: float
+) -> tuple[bool, str]:
+    """(promote?, why) for a model evaluated as ``result`` (``training.evaluate.evaluate``)."""
+    margins = result.get("margins", {})
+    pop = margins.get("popularity", {}).get("auc")
+    if pop is None or not pop > 0:
+        return (
+            False,
+            f"it does not beat popularity on held-out AUC ({pop if pop is not None else float('nan'):+.4f})",
+        )
+    if promoted_version is None:
+        return True, f"no model promoted yet; it beats popularity by {pop:+.4f} held-out AUC"
+    if not compared or "promoted" not in margins:
+        return False, (
+            f"the promoted model {promoted_version} could not be scored on the same held-out rows; "
+            "compare by hand and use benefits promote"
+        )
+    gain = float(margins["promoted"]["auc"])
+    if not gain >= min_auc_gain:
+        return False, (
+            f"it beats the promoted {promoted_version} by {gain:+.4f} AUC on the same held-out rows, "
+            f"less than the required {min_auc_gain:g}"
+        )
+    return True, (
+        f"it beats the promoted {promoted_version} by {gain:+.4f} AUC (required {min_auc_gain:g}) and "
+        f"popularity by {pop:+.4f} on the same held-out rows"
+    )
+
+
 def run(
     registry_dir: Path,
     data: Path,
@@ -155,6 +193,7 @@ def run(
     params: dict[str, Any] | None = None,
     title: str | None = None,
     source: Source | None = None,
+    min_auc_gain: float = MIN_AUC_GAIN,
 ) -> Outcome:
     """The whole pipeline; returns the registered version and its evaluation."""
     secs: dict[str, float] = {}
@@ -199,6 +238,7 @@ def run(
     model_bytes, parity = export.export_model(booster, ts.X[te] if te.any() else ts.X, version)
     secs["export"] = time.perf_counter() - t
 
+    decision = promotion_decision(result, prev_version, prev is not None, min_auc_gain)
     importance = train.feature_importance(booster)
     windows = {
         name: dict(zip(("start", "end"), map(_iso, split.window(tsec, m)), strict=True))
@@ -236,6 +276,7 @@ def run(
         "margins": result.get("margins", {}),
         "segments": result.get("segments", {}),
         "compared_with_promoted": prev_version if prev is not None else None,
+        "promotion": dict(zip(("eligible", "reason"), decision, strict=True)),
         "importance": importance[:25],
         "seconds": secs,
     }
@@ -252,14 +293,15 @@ def run(
 
     promoted = False
     if promote:
-        beats = result.get("margins", {}).get("popularity", {}).get("auc", 0.0)
-        if beats > 0:
-            registry.promote(version)
+        eligible, why = decision
+        if eligible:
+            registry.promote(
+                version, action="auto_promote", reason=why, checks=[f"export parity {parity:.1e}"]
+            )
             promoted = True
         else:
-            log.warning(
-                "not promoting %s: it does not beat popularity on held-out AUC (%+.4f)", version, beats
-            )
+            registry.record("not_promoted", version, previous=prev_version, reason=why)
+            log.warning("not promoting %s: %s", version, why)
     log.info("registered %s at %s%s", version, path, " (promoted)" if promoted else "")
     return Outcome(version, path, metadata, result, promoted, secs)
 
@@ -271,9 +313,15 @@ def train_version(registry_dir: Path, data: Path, events: Path | None = None, pr
 
 def train_command(settings: Any, data: Path, events: Path | None, promote: bool) -> str:
     """Entry point of ``benefits train`` (see the module docstring). Returns the version."""
-    out = run(Path(settings.registry_dir), data, events, promote=promote, progress=True)
+    out = run(
+        Path(settings.registry_dir), data, events, promote=promote, progress=True,
+        min_auc_gain=settings.promotion_min_auc_gain,
+    )  # fmt: skip
     m = out.result["overall"]
     lines = [f"model {out.version} -> {out.path}{' (promoted)' if out.promoted else ''}"]
+    if promote:
+        verdict = "promoted" if out.promoted else "not promoted"
+        lines.append(f"  {verdict}: {out.metadata['promotion']['reason']}")
     for name, met in m.items():
         lines.append(
             f"  {name:<11} auc {met['auc']:.4f}  logloss {met['logloss']:.4f}  ndcg@5 {met['ndcg@5']:.4f}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -97,16 +98,42 @@ def test_registry_promote_and_rollback(trained: pipeline.Outcome, sim_dir: Path)
     registry = Registry(trained.path.parent.parent)
     first = trained.version
     assert trained.promoted and registry.promoted() == first
-    second = pipeline.run(registry.root, sim_dir, promote=True, progress=False)
+    # A worse model (depth-1 trees, a crawling learning rate, few features) on the same data: compared
+    # with the promoted one on the same held-out rows, it is refused.
+    worse_params = {"num_leaves": 2, "max_depth": 1, "learning_rate": 0.001, "feature_fraction": 0.1}
+    second = pipeline.run(registry.root, sim_dir, promote=True, progress=False, params=worse_params)
     assert second.version != first
-    assert registry.versions() == sorted([first, second.version])
-    assert registry.promoted() == second.version
     assert second.metadata["compared_with_promoted"] == first
     assert "promoted" in second.result["overall"]
-    ptr = registry.rollback()
-    assert ptr["version"] == first and registry.promoted() == first
+    assert second.result["overall"]["model"]["auc"] < second.result["overall"]["promoted"]["auc"]
+    assert not second.promoted and registry.promoted() == first
+    assert f"beats the promoted {first} by -" in second.metadata["promotion"]["reason"]
+    last = registry.history()[-1]
+    assert last["action"] == "not_promoted" and last["version"] == second.version
+    assert registry.versions() == sorted([first, second.version])
     registry.promote(second.version)
     assert registry.promoted() == second.version
+    ptr = registry.rollback()
+    assert ptr["version"] == first and registry.promoted() == first
+    assert registry.rollback(to=second.version)["version"] == second.version
+
+
+def test_promotion_decision_needs_popularity_and_the_margin_over_the_promoted() -> None:
+    def result(pop: float, promoted: float | None) -> dict[str, Any]:
+        margins: dict[str, Any] = {"popularity": {"auc": pop}}
+        if promoted is not None:
+            margins["promoted"] = {"auc": promoted}
+        return {"margins": margins}
+
+    decide = pipeline.promotion_decision
+    assert decide(result(0.05, None), None, False, 0.002)[0]  # first model: popularity is the bar
+    assert not decide(result(-0.01, None), None, False, 0.002)[0]
+    assert decide(result(0.05, 0.004), "v1", True, 0.002)[0]
+    ok, why = decide(result(0.05, 0.001), "v1", True, 0.002)  # better, but not by the margin
+    assert not ok and "less than the required 0.002" in why
+    assert not decide(result(0.05, -0.018), "v1", True, 0.002)[0]  # 0.703 vs the promoted 0.721
+    ok, why = decide(result(0.05, None), "v1", False, 0.002)  # promoted model not comparable
+    assert not ok and "could not be scored on the same held-out rows" in why
 
 
 def test_train_command_end_to_end(sim_dir: Path, tmp_path: Path) -> None:
