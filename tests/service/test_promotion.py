@@ -5,6 +5,7 @@ bad pointer keeps serving the last good version and says so in ``/readyz``."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -36,12 +37,21 @@ def reg(tmp_path: Path) -> Registry:
 
 
 def cli(reg: Registry, *args: str) -> tuple[int, str]:
-    env = {
-        "BENEFITS_REGISTRY_DIR": str(reg.root),
-        "BENEFITS_ENVIRONMENT": "test",
-        "BENEFITS_LOG_LEVEL": "ERROR",
-    }
-    result = CliRunner().invoke(app, list(args), env=env)
+    """Run ``benefits ARGS`` in process. The CLI configures logging (root handlers and level): put the
+    test process's logging back afterwards, so later tests' log capture is untouched."""
+    env = {"BENEFITS_REGISTRY_DIR": str(reg.root), "BENEFITS_ENVIRONMENT": "test"}
+    root = logging.getLogger()
+    saved = (
+        root.handlers[:],
+        root.level,
+        {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict},
+    )
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
     return result.exit_code, result.output
 
 
