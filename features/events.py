@@ -31,8 +31,11 @@ PAGE_TYPES: tuple[str, ...] = PageType.__args__  # type: ignore[attr-defined]
 Tier = Literal["regular", "silver", "gold", "diamond"]
 TIERS: tuple[str, ...] = Tier.__args__  # type: ignore[attr-defined]
 
-# Ids become parts of Redis keys (inside a {hash tag}), so braces and spaces are not allowed.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+# Ids become parts of Redis keys (inside a {hash tag}), so braces and spaces are not allowed. msgspec
+# matches patterns with Python's ``re.search``, where ``$`` also matches before a trailing newline
+# ("nl-0\n" would pass and be folded into a key the API can never read): ``\Z`` is the true end.
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]+\Z"
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
 Category = Annotated[str, msgspec.Meta(min_length=1, max_length=48)]
 Timestamp = Annotated[float, msgspec.Meta(ge=946684800.0, le=4102444800.0)]  # 2000-01-01 .. 2100-01-01
 Money = Annotated[float, msgspec.Meta(ge=0.0, le=1e7)]
@@ -204,6 +207,25 @@ def decode(raw: bytes) -> Event:
         raise InvalidEvent("schema", msg) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent("malformed", str(exc)) from None
+
+
+def check_event_time(
+    event_ts: float, now: float, max_future_skew_s: float, retention_s: float | None
+) -> None:
+    """Refuse an event time too far in the future or older than the retention (:class:`InvalidEvent`).
+
+    A dismissal stamped in 2100 would hide an offer until then and impressions from the future would
+    keep it in fatigue for good; an event older than the state's retention describes state that has
+    already expired. ``now`` is the caller's clock (the core reads none); ``retention_s`` None: no
+    lower bound."""
+    if event_ts > now + max_future_skew_s:
+        raise InvalidEvent(
+            "event_ts_future", f"event_ts {event_ts:.3f} is more than {max_future_skew_s:g}s after {now:.3f}"
+        )
+    if retention_s is not None and event_ts < now - retention_s:
+        raise InvalidEvent(
+            "event_ts_expired", f"event_ts {event_ts:.3f} is older than the retention of {retention_s:g}s"
+        )
 
 
 def encode(event: Event) -> bytes:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     worker_batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 20
     worker_web_port: Annotated[int, Field(ge=0, le=65535)] = 0
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    #: The worker dead-letters (``event_ts_expired``) events older than this; None: no lower bound, so
+    #: the demo and backfills of historical events fold. Production sets it to member_ttl_seconds
+    #: (deploy/). Events more than event_max_future_skew_seconds ahead are always dead-lettered.
+    worker_max_event_age_seconds: Annotated[int, Field(ge=60)] | None = None
 
     # --- model registry and catalog
     registry_dir: Path = Path("var/registry")
@@ -87,6 +91,12 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 64 * 1024
     # A catalogue file (POST /v1/admin/offers/import): 200 offers are ~40 KB as CSV, ~120 KB as JSON.
     max_import_bytes: Annotated[int, Field(ge=256, le=100_000_000)] = 8 * 1024 * 1024
+    #: A request's whole body must arrive within this long of its start, else 408 (service.middleware):
+    #: a slow client cannot hold an in-flight slot (a request takes one only once its body is read).
+    body_read_timeout_ms: Annotated[int, Field(ge=10, le=120_000)] = 5000
+    #: An event (feedback or stream) stamped more than this far in the future is refused (422 at HTTP,
+    #: dead-lettered ``event_ts_future`` by the worker); older than member_ttl_seconds: ``event_ts_expired``.
+    event_max_future_skew_seconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 300
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
     #: Never offer a member a strictly worse version of an offer family than a lower tier gets in the
     #: same context (service.fairness_guard); withheld offers are counted and explained.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Annotated, Any
 
 import orjson
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
+from features.events import InvalidEvent, check_event_time
 from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
@@ -100,8 +102,21 @@ async def recommend_answer(res: Resources, raw: bytes, accept_language: str | No
 @storefront.post(
     "/v1/feedback", status_code=202, response_class=Response, responses={202: {"model": FeedbackResponse}}
 )
-async def feedback(body: FeedbackRequest, fb: FeedbackDep) -> Response:
-    """Record what the member saw and did; published to the member-events topic before answering 202."""
+async def feedback(body: FeedbackRequest, fb: FeedbackDep, res: ResourcesDep) -> Response:
+    """Record what the member saw and did; published to the member-events topic before answering 202.
+
+    ``event_ts`` may be at most ``event_max_future_skew_seconds`` ahead of the server's clock and no
+    older than the member state's retention (``member_ttl_seconds``)."""
+    if body.event_ts is not None:
+        s = res.settings
+        try:
+            check_event_time(
+                body.event_ts, time.time(), s.event_max_future_skew_seconds, s.member_ttl_seconds
+            )
+        except InvalidEvent as exc:
+            raise RequestValidationError(
+                [{"loc": ("body", "event_ts"), "msg": exc.detail, "type": exc.reason}]
+            ) from None
     out = await fb.submit(
         body.type,
         body.member_id,
@@ -245,6 +260,9 @@ async def readyz(res: ResourcesDep) -> Response:
         "scorer": res.models.current.runtime if res.models.current is not None else None,
         "catalog_version": snap.version if snap is not None else None,
         "catalog_offers": len(snap) if snap is not None else 0,
+        # Requests holding a slot (bodies read, being answered) against the limit that sheds load.
+        "in_flight": res.in_flight.n if res.in_flight is not None else None,
+        "max_in_flight": res.settings.max_in_flight,
     }
     if res.models.pointer_refused is not None:
         # Still ready when it serves an earlier good version; the body says the pointer was refused.

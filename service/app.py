@@ -37,7 +37,7 @@ from service.experiment_runtime import ExperimentRuntime
 from service.fastpath import RecommendFastPath
 from service.feedback import FeedbackService
 from service.metrics import Metrics
-from service.middleware import EdgeLimits
+from service.middleware import EdgeLimits, InFlight
 from service.model import ModelHolder
 from service.policy import policy_from
 from service.publisher import Publisher
@@ -133,6 +133,8 @@ def _tune_gc() -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
+    keys = KeyRing(settings.storefront_api_keys, settings.admin_api_keys)
+    in_flight = InFlight()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,7 +170,8 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             feedback=FeedbackService(store, catalog, publisher, metrics),
             metrics=metrics,
-            keys=KeyRing(settings.storefront_api_keys, settings.admin_api_keys),
+            keys=keys,
+            in_flight=in_flight,
         )
         app.state.resources = res
         experiments = ExperimentRuntime(
@@ -301,5 +304,8 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
         shed_recommend=shed_recommend,
         path_limits={admin.IMPORT_PATH: settings.max_import_bytes},
+        keys=keys,
+        body_read_timeout_ms=settings.body_read_timeout_ms,
+        in_flight=in_flight,
     )
     return app

@@ -19,7 +19,7 @@ import msgspec
 import orjson
 from fastapi.exceptions import RequestValidationError
 
-from features.events import PAGE_TYPES
+from features.events import ID_PATTERN, PAGE_TYPES
 from features.offers import CATEGORIES
 from features.projection import DEVICES
 from service.i18n import LOCALES, is_supported
@@ -38,7 +38,7 @@ class ContextBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class RecommendBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    member_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+    member_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
     context: ContextBody = ContextBody()
     limit: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
     explain: bool = False

@@ -20,6 +20,7 @@ from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore
 from service.feedback import FeedbackService
 from service.metrics import Metrics
+from service.middleware import InFlight
 from service.model import ModelHolder
 from service.recommend import Recommender
 
@@ -36,6 +37,8 @@ class Resources:
     feedback: FeedbackService
     metrics: Metrics
     keys: KeyRing
+    #: Requests holding an in-flight slot (service.middleware), reported by /readyz.
+    in_flight: InFlight | None = None
 
 
 async def _resources(request: Request) -> Resources:

@@ -21,7 +21,7 @@ Device = Literal[DEVICES]  # type: ignore[valid-type]
 
 
 class RecommendContext(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     page_type: PageType = "home"
     category: CategoryName | None = None
@@ -30,7 +30,8 @@ class RecommendContext(BaseModel):
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion ("5" or true for limit, "yes" or 0 for explain are 422s, as in service.body).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     member_id: MemberId
     context: RecommendContext = RecommendContext()
@@ -98,7 +99,8 @@ class RecommendResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion ("3" for position, "1.7e9" for event_ts are 422s naming the field).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     type: FeedbackType
     member_id: MemberId

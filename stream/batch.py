@@ -112,10 +112,14 @@ class BatchProcessor:
         metrics: StreamMetrics,
         topic: str,
         cost_of: dict[str, float] | None = None,
+        event_time_bounds: tuple[float, float | None] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.topic = topic
+        #: (max future skew, max age or None) in seconds, against the wall clock: an event outside them
+        #: is dead-lettered (``event_ts_future`` / ``event_ts_expired``); None accepts any valid time.
+        self.event_time_bounds = event_time_bounds
         #: Offer id -> cost per claim, charged to the per-offer ``cost_used`` (refreshed from the catalog
         #: by :class:`CostRefresher`).
         self.cost_of = cost_of
@@ -146,6 +150,7 @@ class BatchProcessor:
         by_member, offer_events, erased = batch.by_member, batch.offer_events, batch.erased
         last_offsets = out.last_offsets
         decode = ev.decode
+        bounds = self.event_time_bounds
         for rec in records:
             last_offsets[rec.partition] = rec.offset
             if rec.value is None:
@@ -167,6 +172,8 @@ class BatchProcessor:
                 if rec.key is None or rec.key != event.member_id.encode():
                     # Folding it would break the one-partition-per-member rule the watermarks rely on.
                     raise ev.InvalidEvent("key_mismatch", f"message key {rec.key!r} != member_id")
+                if bounds is not None:
+                    ev.check_event_time(event.event_ts, now, bounds[0], bounds[1])
             except ev.InvalidEvent as exc:
                 self._dead_letter(out, dead_reasons, rec, exc.reason, exc.detail, now)
                 continue

@@ -113,7 +113,13 @@ class FaustRuntime:
                 timeout_ms=WORKER_REDIS_TIMEOUT_MS,
             )
             store = MemberStore(self._redis, self.settings.layout)
-            self._processor = BatchProcessor(store, self.metrics, self.settings.events_topic)
+            s = self.settings
+            self._processor = BatchProcessor(
+                store,
+                self.metrics,
+                s.events_topic,
+                event_time_bounds=(s.event_max_future_skew_seconds, s.worker_max_event_age_seconds),
+            )
             self._costs = CostRefresher(CatalogStore(self._redis, self.settings.layout))
         return self._processor
 

@@ -89,7 +89,12 @@ class BatchConsumerWorker:
             s.redis_url, cluster=s.redis_cluster, timeout_ms=WORKER_REDIS_TIMEOUT_MS
         )
         store = MemberStore(redis_client, s.layout)
-        processor = BatchProcessor(store, self.metrics, s.events_topic)
+        processor = BatchProcessor(
+            store,
+            self.metrics,
+            s.events_topic,
+            event_time_bounds=(s.event_max_future_skew_seconds, s.worker_max_event_age_seconds),
+        )
         costs = CostRefresher(CatalogStore(redis_client, s.layout))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,

@@ -94,7 +94,9 @@ def test_k8s_api_contract() -> None:
     dep = objs[("Deployment", "benefits-api")]
     spec = dep["spec"]
     pod = spec["template"]["spec"]
-    (c,) = pod["containers"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert containers.keys() == {"api", "proxy"}
+    c = containers["api"]
     labels = spec["template"]["metadata"]["labels"]
 
     assert spec["replicas"] >= 2
@@ -108,8 +110,9 @@ def test_k8s_api_contract() -> None:
     workers = int(c["args"][c["args"].index("--workers") + 1]) if "--workers" in c["args"] else 1
     assert workers >= 2 and int(c["resources"]["limits"]["cpu"]) == workers
     assert int(c["resources"]["requests"]["cpu"]) == workers
-    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["api"]
     assert {"name": "BENEFITS_PORT", "value": str(port)} in c["env"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
 
     # The registry volume: the PVC, mounted read-only where the settings say the registry is.
     config = objs[("ConfigMap", "benefits-config")]["data"]
@@ -134,9 +137,41 @@ def test_k8s_api_contract() -> None:
     svc = objs[("Service", "benefits-api")]
     assert svc["spec"]["selector"].items() <= labels.items()
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    _check_buffering_proxy(objs, pod, containers["proxy"], port)
     pdb = objs[("PodDisruptionBudget", "benefits-api")]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["minAvailable"] < spec["replicas"], "a PDB as large as the replicas blocks drains"
+
+
+def _check_buffering_proxy(
+    objs: dict[tuple[str, str], dict[str, Any]], pod: dict[str, Any], proxy: dict[str, Any], api_port: int
+) -> None:
+    """The Service reaches the API only through the nginx sidecar, which buffers whole requests with
+    bounded header and body read times (slow clients never hold API slots)."""
+    assert {p["name"]: p["containerPort"] for p in proxy["ports"]}["http"] == 8080
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in proxy["volumeMounts"] if m["mountPath"] == "/etc/nginx/benefits")
+    conf_map = objs[("ConfigMap", vols[mount["name"]]["configMap"]["name"])]
+    conf = conf_map["data"]["nginx.conf"]
+    assert "/etc/nginx/benefits/nginx.conf" in proxy["args"]
+    assert f"server 127.0.0.1:{api_port};" in conf and "listen 8080;" in conf
+    assert "proxy_request_buffering on;" in conf
+    for directive in ("client_header_timeout", "client_body_timeout"):
+        m = re.search(rf"{directive} (\d+)s;", conf)
+        assert m is not None and int(m.group(1)) <= 10, directive
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    if shutil.which("nginx"):
+        _nginx_syntax_ok(conf)
+
+
+def _nginx_syntax_ok(conf: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "nginx.conf"
+        path.write_text(conf.replace("/tmp/", f"{d}/"))
+        res = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr
 
 
 def test_k8s_worker_contract() -> None:
@@ -159,7 +194,7 @@ def test_k8s_references_resolve_and_secrets_are_fake() -> None:
     objs = _all_k8s()
     for kind, name in [("Deployment", "benefits-api"), ("Deployment", "benefits-worker")]:
         for c in objs[(kind, name)]["spec"]["template"]["spec"]["containers"]:
-            for src in c["envFrom"]:
+            for src in c.get("envFrom", []):
                 if "configMapRef" in src:
                     assert ("ConfigMap", src["configMapRef"]["name"]) in objs
                 if "secretRef" in src:
@@ -298,7 +333,12 @@ def test_compose_settings_validate(role: str, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("deployment", ["benefits-api", "benefits-worker"])
 def test_k8s_settings_validate(deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     objs = _all_k8s()
-    (c,) = objs[("Deployment", deployment)]["spec"]["template"]["spec"]["containers"]
+    # The API pod's other container is its nginx proxy, which reads no settings.
+    (c,) = [
+        c
+        for c in objs[("Deployment", deployment)]["spec"]["template"]["spec"]["containers"]
+        if c["name"] != "proxy"
+    ]
     env = {
         **objs[("ConfigMap", "benefits-config")]["data"],
         **objs[("Secret", "benefits-secrets")]["stringData"],

@@ -23,7 +23,7 @@ _values = st.one_of(
     st.booleans(),
     st.integers(-5, 60),
     st.text(max_size=8),
-    st.sampled_from(["m1", "a:b@c", "x" * 65]),
+    st.sampled_from(["m1", "a:b@c", "x" * 65, "nl-0\n", "m1\r\n"]),
 )
 _context = st.dictionaries(
     st.sampled_from(["page_type", "category", "device", "channel", "extra"]),
@@ -72,6 +72,11 @@ def test_a_valid_body_decodes_to_the_same_values() -> None:
         (b'{"member_id": "m1", "context": {"extra": 1}}', ("body", "context", "extra")),
         (b'{"context": {}}', ("body", "member_id")),
         (b'{"member_id": "m1", "limit": 0}', ("body", "limit")),
+        (b'{"member_id": "m1", "limit": "5"}', ("body", "limit")),
+        (b'{"member_id": "m1", "limit": true}', ("body", "limit")),
+        (b'{"member_id": "m1", "explain": "yes"}', ("body", "explain")),
+        (b'{"member_id": "m1", "explain": 0}', ("body", "explain")),
+        (b'{"member_id": "nl-0\\n"}', ("body", "member_id")),
         (b'{"member_id": "m1", "locale": "fr-FR"}', ("body", "locale")),
         (b"\xff\xfe", ("body",)),
         (b"", ("body",)),
