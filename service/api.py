@@ -18,6 +18,7 @@ from features.events import InvalidEvent, check_event_time
 from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
+from infra.settings import Settings
 from service.body import decode_recommend
 from service.deps import FeedbackDep, Resources, ResourcesDep, require_admin, require_storefront
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
@@ -99,6 +100,20 @@ async def recommend_answer(res: Resources, raw: bytes, accept_language: str | No
     return orjson.dumps(await res.recommender.recommend(query))
 
 
+def check_feedback_time(event_ts: float | None, settings: Settings) -> None:
+    """A 422 naming ``event_ts`` when it is too far ahead of the server's clock or past retention."""
+    if event_ts is None:
+        return
+    try:
+        check_event_time(
+            event_ts, time.time(), settings.event_max_future_skew_seconds, settings.member_ttl_seconds
+        )
+    except InvalidEvent as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "event_ts"), "msg": exc.detail, "type": exc.reason}]
+        ) from None
+
+
 @storefront.post(
     "/v1/feedback", status_code=202, response_class=Response, responses={202: {"model": FeedbackResponse}}
 )
@@ -107,16 +122,7 @@ async def feedback(body: FeedbackRequest, fb: FeedbackDep, res: ResourcesDep) ->
 
     ``event_ts`` may be at most ``event_max_future_skew_seconds`` ahead of the server's clock and no
     older than the member state's retention (``member_ttl_seconds``)."""
-    if body.event_ts is not None:
-        s = res.settings
-        try:
-            check_event_time(
-                body.event_ts, time.time(), s.event_max_future_skew_seconds, s.member_ttl_seconds
-            )
-        except InvalidEvent as exc:
-            raise RequestValidationError(
-                [{"loc": ("body", "event_ts"), "msg": exc.detail, "type": exc.reason}]
-            ) from None
+    check_feedback_time(body.event_ts, res.settings)
     out = await fb.submit(
         body.type,
         body.member_id,

@@ -67,7 +67,7 @@ async def public_offer(offer_id: OfferIdStr, res: ResourcesDep) -> Response:
 
 
 class BatchItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     offer_id: OfferIdStr
     position: Annotated[int, Field(ge=0, le=1000)] = 0
@@ -77,7 +77,7 @@ class BatchItem(BaseModel):
 class FeedbackBatch(BaseModel):
     """One member's impressions (or clicks, dismissals) of one recommend answer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     #: Claims and redemptions change money state: they go one by one through ``POST /v1/feedback``.
     type: Literal["impression", "click", "dismiss"] = "impression"
@@ -89,11 +89,13 @@ class FeedbackBatch(BaseModel):
 
 
 @router.post("/v1/feedback/batch", status_code=202, response_class=Response)
-async def feedback_batch(body: FeedbackBatch, fb: FeedbackDep) -> Response:
+async def feedback_batch(body: FeedbackBatch, fb: FeedbackDep, res: ResourcesDep) -> Response:
     """Record a whole slate's impressions in one call: each item becomes the same event a single
     ``POST /v1/feedback`` would publish. Items are independent: the answer lists one result per item
     in order (``accepted`` with its event id, or ``refused`` with the error), 202 when all were
     accepted, 207 when some were refused."""
+
+    api.check_feedback_time(body.event_ts, res.settings)
 
     async def one(item: BatchItem) -> dict[str, object]:
         try:

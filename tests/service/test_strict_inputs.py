@@ -110,3 +110,17 @@ def test_no_valid_key_is_401_before_the_body_is_parsed(base: str, path: str, hea
 def test_a_valid_key_of_the_wrong_scope_is_still_403(base: str) -> None:
     r = httpx.post(f"{base}/v1/recommend", content=b"{not json", headers=ADMIN)
     assert r.status_code == 403, r.text
+
+
+def test_feedback_batch_is_strict_and_time_bounded(base: str) -> None:
+    batch = {"member_id": "m1", "request_id": "r1", "items": [{"offer_id": "o1"}]}
+    r = httpx.post(f"{base}/v1/feedback/batch", json={**batch, "event_ts": 4102444799.0}, headers=SF)
+    assert _fields(r) == ["event_ts"]
+    r = httpx.post(
+        f"{base}/v1/feedback/batch",
+        json={**batch, "items": [{"offer_id": "o1", "position": "2"}]},
+        headers=SF,
+    )
+    assert _fields(r) == ["items.0.position"]
+    r = httpx.post(f"{base}/v1/feedback/batch", json={**batch, "member_id": "m1\n"}, headers=SF)
+    assert _fields(r) == ["member_id"]
