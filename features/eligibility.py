@@ -7,7 +7,9 @@ bug the member sees (an offer they cannot claim), so every rule has a stable rea
 Rules, in the order they are reported (the first failing rule is the reason):
 
 ``inactive``, ``not_started``, ``expired``, ``tier``, ``paid_only``, ``region``, ``channel``,
-``page_type``, ``birthday_month``, ``tenure``, ``sold_out``, ``budget_exhausted``, ``claimed``
+``page_type``, ``birthday_month``, ``tenure``, the lifecycle rules (``lifecycle_stage``,
+``days_since_order``, ``days_since_visit``, ``paid_renewal_window``, ``tier_gap``, ``points_expiring``:
+read off the state at ``now`` by :mod:`features.lifecycle`), ``sold_out``, ``budget_exhausted``, ``claimed``
 (member reached the per-member claim cap or is in the post-claim cool-down), ``dismissed`` (post-dismiss
 cool-down of the offer or of any offer of its family, :attr:`Offer.family_key`), ``fatigue`` (too many
 impressions without any action).
@@ -15,11 +17,13 @@ impressions without any action).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
+from features import lifecycle as lc
 from features.decay import DAY, HOUR
 from features.events import PAGE_TYPES, TIERS
 from features.offers import CHANNELS, Offer
@@ -37,6 +41,12 @@ RULES: tuple[str, ...] = (
     "page_type",
     "birthday_month",
     "tenure",
+    "lifecycle_stage",
+    "days_since_order",
+    "days_since_visit",
+    "paid_renewal_window",
+    "tier_gap",
+    "points_expiring",
     "sold_out",
     "budget_exhausted",
     "claimed",
@@ -45,6 +55,11 @@ RULES: tuple[str, ...] = (
 )
 
 _INF = float("inf")
+_NAN = float("nan")
+
+
+def _bound(x: float | None, missing: float) -> float:
+    return missing if x is None else x
 
 
 @dataclass
@@ -69,6 +84,18 @@ class EligibilityTable:
     dismiss_cooldown_s: np.ndarray = field(init=False)
     claim_cooldown_s: np.ndarray = field(init=False)
     max_claims: np.ndarray = field(init=False)
+    # Lifecycle rules: bounds are +-inf when unset, "within N days" is NaN when unset.
+    stage_ok: np.ndarray = field(init=False)  # (n, len(STAGES)) bool
+    order_days: np.ndarray = field(init=False)  # (n, 2) min, max
+    visit_days: np.ndarray = field(init=False)  # (n, 2)
+    paid_expiring_days: np.ndarray = field(init=False)
+    paid_lapsed_days: np.ndarray = field(init=False)
+    tier_gap: np.ndarray = field(init=False)  # (n, 2)
+    tier_gap_set: np.ndarray = field(init=False)
+    points_days: np.ndarray = field(init=False)
+    points_min: np.ndarray = field(init=False)
+    #: Whether any offer has a lifecycle rule (else the request skips those reads).
+    any_lifecycle: bool = field(init=False)
     #: Family number per offer (offers with one :attr:`Offer.family_key` share it).
     family_idx: np.ndarray = field(init=False)
     #: Family number -> offer positions, for families of more than one offer.
@@ -119,6 +146,28 @@ class EligibilityTable:
         self.dismiss_cooldown_s = np.array([o.caps.cooldown_after_dismiss_hours * HOUR for o in offers])
         self.claim_cooldown_s = np.array([o.caps.cooldown_after_claim_hours * HOUR for o in offers])
         self.max_claims = np.array([o.caps.max_claims_per_member for o in offers], dtype=np.int64)
+        el = [o.eligibility for o in offers]
+        self.stage_ok = np.array(
+            [[(not e.lifecycle_stages) or st in e.lifecycle_stages for st in lc.STAGES] for e in el],
+            dtype=bool,
+        ).reshape(n, len(lc.STAGES))
+        self.order_days = np.array(
+            [[_bound(e.min_days_since_order, -_INF), _bound(e.max_days_since_order, _INF)] for e in el]
+        ).reshape(n, 2)
+        self.visit_days = np.array(
+            [[_bound(e.min_days_since_visit, -_INF), _bound(e.max_days_since_visit, _INF)] for e in el]
+        ).reshape(n, 2)
+        self.paid_expiring_days = np.array([_bound(e.paid_expiring_within_days, _NAN) for e in el]).reshape(n)
+        self.paid_lapsed_days = np.array([_bound(e.paid_lapsed_within_days, _NAN) for e in el]).reshape(n)
+        self.tier_gap = np.array(
+            [[_bound(e.min_tier_gap, -_INF), _bound(e.max_tier_gap, _INF)] for e in el]
+        ).reshape(n, 2)
+        self.tier_gap_set = np.array(
+            [e.min_tier_gap is not None or e.max_tier_gap is not None for e in el], dtype=bool
+        )
+        self.points_days = np.array([_bound(e.points_expiring_within_days, _NAN) for e in el]).reshape(n)
+        self.points_min = np.array([e.min_points_expiring for e in el], dtype=np.int64)
+        self.any_lifecycle = any(e.uses_lifecycle for e in el)
         families: dict[str, int] = {}
         self.family_idx = np.array(
             [families.setdefault(o.family_key, len(families)) for o in offers], dtype=np.int64
@@ -137,12 +186,14 @@ def evaluate(
     now: float,
     claimed: np.ndarray | None = None,
     cost_used: np.ndarray | None = None,
+    lifecycle: lc.LifecycleConfig = lc.DEFAULT_CONFIG,
 ) -> np.ndarray:
     """Reason code per offer: -1 when eligible, else the index in :data:`RULES` of the first failing rule.
 
     ``claimed`` and ``cost_used`` are per-offer arrays (inventory reserved so far, budget spent so far);
     missing means nothing used. ``sold_out``/``budget_exhausted`` mean "one more claim would exceed it",
-    the same test the claim script (``infra.money_store``) makes atomically.
+    the same test the claim script (``infra.money_store``) makes atomically. ``lifecycle`` holds the
+    stage thresholds and tier rules the lifecycle rules read the state with.
     """
     n = len(table.offers)
     reason = np.full(n, -1, dtype=np.int64)
@@ -155,7 +206,7 @@ def evaluate(
     fail("expired", table.valid_to <= now)
     tier = TIERS.index(state.tier) if state.tier in TIERS else 0
     fail("tier", ~table.tier_ok[:, tier])
-    if not state.paid_member:
+    if not lc.paid_active(state, now):
         fail("paid_only", table.paid_only)
     if table.regions:
         region_bad = np.zeros(n, dtype=bool)
@@ -172,6 +223,8 @@ def evaluate(
     joined = state.joined_ts or state.first_seen_ts
     tenure_days = (now - joined) / DAY if joined else 0.0
     fail("tenure", table.min_tenure_days > tenure_days)
+    if table.any_lifecycle:
+        _lifecycle_rules(table, state, now, lifecycle, fail)
     if claimed is not None:
         fail("sold_out", claimed >= table.inventory)
     if cost_used is not None:
@@ -201,3 +254,40 @@ def evaluate(
         fail("dismissed", dismissed_bad)
         fail("fatigue", fatigue_bad)
     return reason
+
+
+def _lifecycle_rules(
+    table: EligibilityTable,
+    state: MemberState,
+    now: float,
+    config: lc.LifecycleConfig,
+    fail: Callable[[str, np.ndarray], None],
+) -> None:
+    fail("lifecycle_stage", ~table.stage_ok[:, lc.STAGES.index(lc.stage(state, now, config))])
+    d_order = lc.days_since_order(state, now)
+    fail("days_since_order", (d_order < table.order_days[:, 0]) | (d_order > table.order_days[:, 1]))
+    d_visit = lc.days_since_visit(state, now)
+    fail("days_since_visit", (d_visit < table.visit_days[:, 0]) | (d_visit > table.visit_days[:, 1]))
+    left = lc.paid_days_left(state, now)
+    lapsed = lc.paid_days_since_lapse(state, now)
+    exp_days, lapse_days = table.paid_expiring_days, table.paid_lapsed_days
+    renewal_set = ~np.isnan(exp_days) | ~np.isnan(lapse_days)
+    with np.errstate(invalid="ignore"):  # NaN (unset) compares False: that side never qualifies
+        expiring_ok = (left <= exp_days) if left is not None else np.zeros(len(exp_days), dtype=bool)
+        lapsed_ok = (lapsed <= lapse_days) if lapsed is not None else np.zeros(len(exp_days), dtype=bool)
+    fail("paid_renewal_window", renewal_set & ~(expiring_ok | lapsed_ok))
+    if table.tier_gap_set.any():
+        gap = lc.tier_progress(state, now, config.tiers).gap
+        if gap is None:
+            fail("tier_gap", table.tier_gap_set)
+        else:
+            fail(
+                "tier_gap", table.tier_gap_set & ((gap < table.tier_gap[:, 0]) | (gap > table.tier_gap[:, 1]))
+            )
+    pts_days = table.points_days
+    pts_set = ~np.isnan(pts_days)
+    if pts_set.any():
+        expiring = np.zeros(len(pts_days), dtype=np.int64)
+        for days in np.unique(pts_days[pts_set]).tolist():
+            expiring[pts_days == days] = lc.points_expiring_within(state, now, days)
+        fail("points_expiring", pts_set & (expiring < table.points_min))

@@ -14,7 +14,9 @@ Unknown fields are rejected so that a producer typo is dead-lettered instead of 
 Additions stay backward compatible: a new field is optional with a default, so every event written
 before it still decodes (``v`` stays 1). Added since the first release: ``arm`` (the member's
 experiment arm, ``None`` outside an experiment) on the feedback events (impression, click, dismiss,
-claims, redemption).
+claims, redemption); ``plan`` and ``expires_at`` on ``paid_membership_started`` and the
+``paid_membership_renewed`` event (issue 19); ``expiring`` (points lots with their expiry) on
+``points_changed``.
 """
 
 from __future__ import annotations
@@ -130,16 +132,38 @@ class TierChanged(_Event, tag="tier_changed", frozen=True):
     tier: Tier
 
 
+PlanName = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_. -]+$")]
+
+
 class PaidMembershipStarted(_Event, tag="paid_membership_started", frozen=True):
-    pass
+    #: The paid programme's name as the member sees it ("PLUS", "88VIP", "Prime"); None = unnamed.
+    plan: PlanName | None = None
+    #: When the paid membership ends unless renewed (Unix seconds, UTC); None = open-ended.
+    expires_at: Timestamp | None = None
+
+
+class PaidMembershipRenewed(_Event, tag="paid_membership_renewed", frozen=True):
+    """A renewal: the membership now runs until ``expires_at``."""
+
+    expires_at: Timestamp
+    plan: PlanName | None = None
 
 
 class PaidMembershipEnded(_Event, tag="paid_membership_ended", frozen=True):
     pass
 
 
+class PointsLot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Part of a balance that expires at one time."""
+
+    points: Annotated[int, msgspec.Meta(ge=1, le=10**9)]
+    expires_at: Timestamp
+
+
 class PointsChanged(_Event, tag="points_changed", frozen=True):
     points: Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+    #: The balance's lots that expire (a snapshot, like ``points``; lots not listed never expire).
+    expiring: Annotated[list[PointsLot], msgspec.Meta(max_length=32)] = []
 
 
 class ConsentChanged(_Event, tag="consent_changed", frozen=True):
@@ -168,6 +192,7 @@ Event = (
     | Dismiss
     | TierChanged
     | PaidMembershipStarted
+    | PaidMembershipRenewed
     | PaidMembershipEnded
     | PointsChanged
     | ConsentChanged

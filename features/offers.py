@@ -56,6 +56,10 @@ CHANNELS: tuple[str, ...] = Channel.__args__  # type: ignore[attr-defined]
 
 OfferId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
+#: Lifecycle stages (the same list as ``features.lifecycle.STAGES``, which reads them off the state).
+LifecycleStage = Literal["new", "active", "silent", "lapsing", "returning"]
+_DaysBound = Annotated[float, Field(ge=0, le=3650)] | None
+
 
 class Eligibility(BaseModel):
     """Who may see the offer, where and when. Empty lists mean "no restriction"."""
@@ -72,6 +76,26 @@ class Eligibility(BaseModel):
     min_tenure_days: Annotated[float, Field(ge=0)] = 0.0
     valid_from_ts: float | None = None
     valid_to_ts: float | None = None
+    # Lifecycle rules (issue 19), read off the state at request time by ``features.lifecycle``.
+    #: The member's lifecycle stage is one of these (empty: any).
+    lifecycle_stages: list[LifecycleStage] = []
+    #: Days since the member's last order / last visit within [min, max] (None: unbounded). A member who
+    #: never ordered (visited) counts as 365 days.
+    min_days_since_order: _DaysBound = None
+    max_days_since_order: _DaysBound = None
+    min_days_since_visit: _DaysBound = None
+    max_days_since_visit: _DaysBound = None
+    #: A renewal audience: a paid membership that ends within N days, or (the second field) one that
+    #: lapsed within the last N days. With both set, either qualifies.
+    paid_expiring_within_days: _DaysBound = None
+    paid_lapsed_within_days: _DaysBound = None
+    #: Growth value still missing to the member's next tier, within [min, max] (a member at the top tier
+    #: has no gap and fails the rule).
+    min_tier_gap: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    max_tier_gap: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    #: At least ``min_points_expiring`` points expire within N days.
+    points_expiring_within_days: _DaysBound = None
+    min_points_expiring: Annotated[int, Field(ge=1, le=10**9)] = 1
 
     @model_validator(mode="after")
     def _window(self) -> Eligibility:
@@ -81,7 +105,36 @@ class Eligibility(BaseModel):
             and self.valid_to_ts <= self.valid_from_ts
         ):
             raise ValueError("valid_to_ts must be after valid_from_ts")
+        for lo, hi in (
+            ("min_days_since_order", "max_days_since_order"),
+            ("min_days_since_visit", "max_days_since_visit"),
+            ("min_tier_gap", "max_tier_gap"),
+        ):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if a is not None and b is not None and b < a:
+                raise ValueError(f"{hi} must be at least {lo}")
         return self
+
+    @property
+    def uses_lifecycle(self) -> bool:
+        """True when any lifecycle rule is set (the ranker evaluates those offers one by one)."""
+        return bool(
+            self.lifecycle_stages
+            or self.paid_expiring_within_days is not None
+            or self.paid_lapsed_within_days is not None
+            or self.points_expiring_within_days is not None
+            or any(
+                getattr(self, f) is not None
+                for f in (
+                    "min_days_since_order",
+                    "max_days_since_order",
+                    "min_days_since_visit",
+                    "max_days_since_visit",
+                    "min_tier_gap",
+                    "max_tier_gap",
+                )
+            )
+        )
 
 
 class Caps(BaseModel):

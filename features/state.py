@@ -53,6 +53,19 @@ IMPRESSION_TIMES_KEPT = 16
 #: function of the *set* of events folded, not their arrival order, so order independence holds.
 #: Cost: 64 x (float + 64-bit hash), about 1.2 KB of a member's blob.
 APPLIED_IDS_KEPT = 64
+#: Distinct UTC days with member activity kept (the latest ones): enough to see the gap before a return
+#: within :attr:`features.lifecycle.LifecycleConfig.returning_days` (at most 30).
+VISIT_DAYS_KEPT = 32
+#: Member-initiated events: a visit (impressions and dismissals can come from a push, so they are not).
+VISIT_KINDS = frozenset(
+    {"page_view", "search", "add_to_cart", "order", "click", "coupon_claim", "benefit_use", "consult_booked"}
+)
+#: Spend is kept per 7-day bucket (Unix week number) for the latest 56 weeks: growth value over a
+#: rolling window of up to 392 days (:class:`features.lifecycle.TierRules`).
+GROWTH_BUCKET_SECONDS = 7 * 86400.0
+GROWTH_BUCKETS_KEPT = 56
+#: Points lots with an expiry kept per member (a snapshot from ``points_changed``).
+POINTS_LOTS_KEPT = 32
 
 
 class OfferInteraction(msgspec.Struct, array_like=True, gc=False):
@@ -111,10 +124,27 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     tier: str = "regular"
     tier_set: _Attr = msgspec.field(default_factory=_Attr)
     paid_member: bool = False
+    #: Latest paid_membership_started time (a maximum).
     paid_since_ts: float = 0.0
     paid_set: _Attr = msgspec.field(default_factory=_Attr)
+    #: Plan name and end of the paid membership per the latest start/renewal/end (0 = open-ended).
+    paid_plan: str = ""
+    #: The plan name is its own last-writer-wins attribute (an end event names no plan).
+    plan_set: _Attr = msgspec.field(default_factory=_Attr)
+    paid_expires_ts: float = 0.0
+    #: When the latest paid_membership_ended said it ended (0 = never, or renewed since).
+    paid_ended_ts: float = 0.0
+    paid_renewals: int = 0
     points: int = 0
     points_set: _Attr = msgspec.field(default_factory=_Attr)
+    #: (expires_at, points) lots of the latest points snapshot, ascending.
+    points_expiring: list[tuple[float, int]] = []
+    #: Latest member-initiated activity (:data:`VISIT_KINDS`), and the latest distinct UTC day numbers
+    #: with any, ascending (at most :data:`VISIT_DAYS_KEPT`): the lifecycle stage is read off them.
+    last_visit_ts: float = 0.0
+    visit_days: list[int] = []
+    #: Order spend per 7-day bucket (week number -> amount), the latest :data:`GROWTH_BUCKETS_KEPT`.
+    growth_weeks: dict[int, float] = {}
     personalization_consent: bool = True
     consent_set: _Attr = msgspec.field(default_factory=_Attr)
     birth_month: int = 0
@@ -171,6 +201,27 @@ def _interaction(state: MemberState, offer_id: str) -> OfferInteraction:
     return inter
 
 
+def _visit(state: MemberState, ts: float) -> None:
+    if ts > state.last_visit_ts:
+        state.last_visit_ts = ts
+    day = int(ts // 86400.0)
+    days = state.visit_days
+    i = bisect.bisect_left(days, day)
+    if i < len(days) and days[i] == day:
+        return
+    days.insert(i, day)
+    if len(days) > VISIT_DAYS_KEPT:
+        del days[0]  # the oldest day goes, whatever arrived last: a function of the set of days
+
+
+def _grow(state: MemberState, ts: float, amount: float) -> None:
+    week = int(ts // GROWTH_BUCKET_SECONDS)
+    weeks = state.growth_weeks
+    weeks[week] = weeks.get(week, 0.0) + amount
+    if len(weeks) > GROWTH_BUCKETS_KEPT:
+        del weeks[min(weeks)]  # a week older than the kept ones is dropped again: order independent
+
+
 def event_hash(event_id: str) -> int:
     """A stable signed 64-bit hash of an event id (the id itself would cost 3x the bytes per entry)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
@@ -215,6 +266,8 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
         _bump(state.counts, kind, ts)
         if ts > state.last_ts.get(kind, 0.0):
             state.last_ts[kind] = ts
+    if kind in VISIT_KINDS:
+        _visit(state, ts)
 
     match event:
         case ev.PageView(category=cat) | ev.Search(category=cat):
@@ -236,6 +289,7 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
                 state.discount_total += event.discount
             for c in {_category(c) or "other" for c in event.categories}:
                 _bump(state.cat_orders, c, ts)
+            _grow(state, ts, event.amount)
         case ev.CouponClaim():
             state.coupon_claims_total += 1
             inter = _interaction(state, event.offer_id)
@@ -268,16 +322,27 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
         case ev.TierChanged():
             if _newer(state.tier_set, event):
                 state.tier = event.tier
-        case ev.PaidMembershipStarted():
+        case ev.PaidMembershipStarted() | ev.PaidMembershipRenewed():
+            if isinstance(event, ev.PaidMembershipStarted):
+                state.paid_since_ts = max(state.paid_since_ts, ts)
+            else:
+                state.paid_renewals += 1
             if _newer(state.paid_set, event):
                 state.paid_member = True
-                state.paid_since_ts = ts
+                state.paid_expires_ts = event.expires_at or 0.0
+                state.paid_ended_ts = 0.0
+            if event.plan is not None and _newer(state.plan_set, event):
+                state.paid_plan = event.plan
         case ev.PaidMembershipEnded():
             if _newer(state.paid_set, event):
                 state.paid_member = False
+                state.paid_ended_ts = ts
+                state.paid_expires_ts = 0.0  # every paid_* field follows the latest event alone
         case ev.PointsChanged():
             if _newer(state.points_set, event):
                 state.points = event.points
+                lots = sorted((lot.expires_at, lot.points) for lot in event.expiring)
+                state.points_expiring = lots[-POINTS_LOTS_KEPT:]
         case ev.ConsentChanged():
             if _newer(state.consent_set, event):
                 state.personalization_consent = event.personalization

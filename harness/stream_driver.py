@@ -61,6 +61,9 @@ def synthetic_events(
     """A varied, valid event stream in event-time order (``now_ts``: stamp each event with the clock
     when it is created instead; the benchmark re-stamps at send time anyway)."""
     rng = random.Random(seed)
+    # Lifecycle details (expiries, renewals, points lots) come from a second generator so that the main
+    # one's draws, and so every earlier stream of a seed, stay as they were.
+    life = random.Random(seed + 1_000_003)
     kinds = [k for k, _ in _MIX]
     weights = [w for _, w in _MIX]
     out: list[ev.Event] = []
@@ -105,6 +108,19 @@ def synthetic_events(
                 fields.update(tier=rng.choice(ev.TIERS))
             case "points_changed":
                 fields.update(points=rng.randrange(100_000))
+                fields["expiring"] = [
+                    {"points": life.randrange(1, 5000), "expires_at": ts + life.uniform(1, 90) * 86400}
+                    for _ in range(life.randrange(3))
+                ]
+            case "paid_membership_started":
+                r = life.random()
+                if r < 0.3:
+                    fields["type"] = "paid_membership_renewed"
+                elif r < 0.45:
+                    fields["type"] = "paid_membership_ended"
+                if fields["type"] != "paid_membership_ended":
+                    fields["expires_at"] = ts + life.uniform(5, 365) * 86400
+                    fields["plan"] = life.choice(["PLUS", "88VIP"])
             case "consent_changed":
                 fields.update(personalization=rng.random() < 0.8)
             case _:

@@ -50,14 +50,25 @@ REASON_PARAMS: dict[str, tuple[str, ...]] = {
     "paid_membership": (),
     "coupon_habit": (),
     "consult_history": (),
+    "paid_expiring": ("plan", "days"),
+    "paid_expiring_today": ("plan",),
+    "paid_lapsed": ("plan",),
+    "tier_progress": ("amount", "tier"),
+    "points_expiring": ("points",),
+    "welcome_back": (),
     "available": (),
 }
 #: Every exclusion code: the eligibility rules plus the fairness guard.
 EXCLUSION_CODES: tuple[str, ...] = (*RULES, "fairness_guard")
 
 _LOCALE_DIR = Path(__file__).with_name("locales")
-_MONEY_PARAMS = frozenset({"value", "threshold"})
-_NAME_PARAMS = {"category": "category", "tier": "tier"}  # parameter -> msgctxt of its display name
+_MONEY_PARAMS = frozenset({"value", "threshold", "amount"})
+#: ``plan`` is the paid programme's own name ("PLUS"), shown as it is; the unnamed plan is "paid".
+_NAME_PARAMS = {
+    "category": "category",
+    "tier": "tier",
+    "plan": "plan",
+}  # parameter -> msgctxt of its display name
 
 
 class MissingMessage(KeyError):

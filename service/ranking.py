@@ -133,7 +133,16 @@ def rank(
     ``rules_only`` (an experiment baseline): no learned or prior score, only value, pacing and the rules.
     """
     t0 = time.perf_counter()
-    reason = evaluate(snap.elig, snap.table.index, state, context, now, snap.claimed, snap.cost_used)
+    reason = evaluate(
+        snap.elig,
+        snap.table.index,
+        state,
+        context,
+        now,
+        snap.claimed,
+        snap.cost_used,
+        lifecycle=policy.reasons.lifecycle,
+    )
     eligible = np.flatnonzero(reason < 0)
     guarded = fg.blocked(snap, reason, eligible, state, context, now) if policy.fairness_guard else _NONE
     if len(guarded):

@@ -20,10 +20,22 @@ frequent_orders        a shipping offer; at least ``frequent_orders`` orders (30
 threshold_within_reach a non-shipping threshold offer; at least ``min_orders`` orders whose average
                        basket is below the threshold by at most ``near_threshold_share``
 tier_benefit           the offer is restricted to tiers that include the member's (above regular)
-paid_membership        a paid-only offer and the member is a paid member
+paid_membership        a paid-only offer and the member is a paid member now (not ended, not expired)
 coupon_habit           a coupon; at least ``min_orders`` orders of which ``coupon_order_share`` used a
                        coupon, or at least ``min_coupon_claims`` coupon claims (30-day decayed count)
 consult_history        a consult; the member has booked a consultation before
+paid_expiring          a renewal offer (``paid_expiring_within_days`` set); the member's paid membership
+                       ends within that many days, in ``days`` days (rounded up, at least 2)
+paid_expiring_today    the same, ending within a day
+paid_lapsed            a renewal offer (``paid_lapsed_within_days`` set); the paid membership lapsed
+                       within that many days
+tier_progress          a tier nudge (a tier-gap rule set); the member's growth value is short of the next
+                       tier by a gap within the rule's range; ``amount`` is the spend that closes it
+                       (rounded up to a whole unit)
+points_expiring        a points offer (``points_expiring_within_days`` set); ``points`` (> 0) of the
+                       member's points expire before the end of this UTC month
+welcome_back           a wake-up offer (its stages include silent, lapsing or returning); the member is
+                       returning, or silent / lapsing and here now
 high_value             the offer's value is at least ``high_value_share`` of the catalog's highest
 limited_quantity       limited stock with at least ``limited_share`` of it reserved
 popular                the offer's statistics: at least ``popular_min_impressions`` impressions and
@@ -44,10 +56,12 @@ message catalogue (``service/locales``, :mod:`service.i18n`).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from features import lifecycle as lc
 from features.decay import DAY
 from features.events import TIERS
 from features.offers import Offer
@@ -74,6 +88,12 @@ MEMBER_CODES = frozenset(
         "paid_membership",
         "coupon_habit",
         "consult_history",
+        "paid_expiring",
+        "paid_expiring_today",
+        "paid_lapsed",
+        "tier_progress",
+        "points_expiring",
+        "welcome_back",
     }
 )
 SHIPPING_SUBTYPES = frozenset({"free_shipping", "shipping"})
@@ -102,6 +122,8 @@ class ReasonRules:
     popular_min_claims: int = 20
     sensitive_categories: frozenset[str] = frozenset({"health", "baby"})
     max_reasons: int = 3
+    #: Stage thresholds and tier rules (the same the eligibility rules read the state with).
+    lifecycle: lc.LifecycleConfig = lc.DEFAULT_CONFIG
 
     def is_sensitive(self, offer: Offer) -> bool:
         s = self.sensitive_categories
@@ -214,7 +236,7 @@ def _member_premises(
     tiers = offer.eligibility.tiers
     if tiers and state.tier in tiers and state.tier in TIERS[1:]:
         out.append(("tier_benefit", {"tier": state.tier}))
-    if offer.eligibility.paid_only and state.paid_member:
+    if offer.eligibility.paid_only and lc.paid_active(state, now):
         out.append(("paid_membership", {}))
     if offer.kind == "coupon" and (
         (based and state.orders_with_coupon / orders >= rules.coupon_order_share)
@@ -223,4 +245,43 @@ def _member_premises(
         out.append(("coupon_habit", {}))
     if offer.kind == "consult" and not sensitive and "consult_booked" in state.counts:
         out.append(("consult_history", {}))
+    if offer.eligibility.uses_lifecycle:
+        out.extend(lifecycle_premises(offer, state, now, rules.lifecycle))
+    return out
+
+
+_WAKE_UP_STAGES = frozenset({"silent", "lapsing", "returning"})
+
+
+def lifecycle_premises(
+    offer: Offer, state: MemberState, now: float, config: lc.LifecycleConfig
+) -> list[tuple[str, dict[str, Any]]]:
+    """The lifecycle reasons of an offer with lifecycle rules, each only when its premise holds."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    el = offer.eligibility
+    plan = state.paid_plan or "paid"
+    left = lc.paid_days_left(state, now)
+    if el.paid_expiring_within_days is not None and left is not None and left <= el.paid_expiring_within_days:
+        days = math.ceil(left)
+        if days <= 1:
+            out.append(("paid_expiring_today", {"plan": plan}))
+        else:
+            out.append(("paid_expiring", {"plan": plan, "days": days}))
+    lapsed = lc.paid_days_since_lapse(state, now)
+    if el.paid_lapsed_within_days is not None and lapsed is not None and lapsed <= el.paid_lapsed_within_days:
+        out.append(("paid_lapsed", {"plan": plan}))
+    if el.min_tier_gap is not None or el.max_tier_gap is not None:
+        progress = lc.tier_progress(state, now, config.tiers)
+        lo = el.min_tier_gap if el.min_tier_gap is not None else 0.0
+        hi = el.max_tier_gap if el.max_tier_gap is not None else math.inf
+        gap = progress.gap
+        if gap is not None and progress.next_tier is not None and gap > 0 and lo <= gap <= hi:
+            amount = math.ceil(gap / config.tiers.growth_per_currency)
+            out.append(("tier_progress", {"amount": amount, "tier": progress.next_tier}))
+    if el.points_expiring_within_days is not None:
+        points = lc.points_expiring(state, now, lc.month_end_ts(now))
+        if points > 0:
+            out.append(("points_expiring", {"points": points}))
+    if _WAKE_UP_STAGES & set(el.lifecycle_stages) and lc.stage(state, now, config) in _WAKE_UP_STAGES:
+        out.append(("welcome_back", {}))
     return out

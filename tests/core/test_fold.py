@@ -58,10 +58,22 @@ def mixed_events(n: int, seed: int = 0, member: str = "m1") -> list[ev.Event]:
             out.append(_e(ev.Impression, i, ts, member, request_id="r", offer_id=rng.choice(["o1", "o2"])))
         elif r < 0.85:
             out.append(_e(ev.Click, i, ts, member, request_id="r", offer_id="o1"))
-        elif r < 0.9:
+        elif r < 0.88:
             out.append(_e(ev.TierChanged, i, ts, member, tier=rng.choice(["silver", "gold"])))
+        elif r < 0.9:
+            # Paid membership with expiries and renewals (issue 19): last-writer-wins plus counts.
+            expires = ts + rng.uniform(1, 60) * 86400
+            kind = rng.choice([ev.PaidMembershipStarted, ev.PaidMembershipRenewed, ev.PaidMembershipEnded])
+            kw: dict[str, object] = {} if kind is ev.PaidMembershipEnded else {"expires_at": expires}
+            if kind is not ev.PaidMembershipEnded:
+                kw["plan"] = rng.choice(["PLUS", "88VIP"])
+            out.append(_e(kind, i, ts, member, **kw))
         elif r < 0.95:
-            out.append(_e(ev.PointsChanged, i, ts, member, points=rng.randint(0, 5000)))
+            lots = [
+                ev.PointsLot(points=rng.randint(1, 500), expires_at=ts + rng.uniform(1, 90) * 86400)
+                for _ in range(rng.randrange(3))
+            ]
+            out.append(_e(ev.PointsChanged, i, ts, member, points=rng.randint(0, 5000), expiring=lots))
         else:
             out.append(_e(ev.CouponClaim, i, ts, member, offer_id="o2"))
     return out
