@@ -21,7 +21,8 @@ from tests.service.conftest import SF, running
 pytestmark = pytest.mark.anyio
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
-_SAMPLE = {"category": "baby", "value": 12.0, "threshold": 199.0, "tier": "gold"}
+_SAMPLE = {"category": "baby", "value": 12.0, "threshold": 199.0, "tier": "gold", "plan": "PLUS", "days": 5,
+           "amount": 120.0, "points": 300}  # fmt: skip
 
 
 @pytest.mark.parametrize("tag", i18n.LOCALES)
@@ -52,6 +53,22 @@ def test_every_category_and_tier_has_a_display_name(tag: str) -> None:
             shown = tr.pgettext(ctx, name)
             assert shown
             assert (shown == name) == (tag == "en")
+
+
+def test_lifecycle_sentences() -> None:
+    assert i18n.reason_text("paid_expiring", {"plan": "PLUS", "days": 5}, "en") == (
+        "Your PLUS membership ends in 5 days."
+    )
+    assert i18n.reason_text("paid_lapsed", {"plan": "paid"}, "zh-CN").startswith("您的付费会员")
+    assert (
+        i18n.reason_text("tier_progress", {"amount": 120, "tier": "gold"}, "zh-CN")
+        == "再消费¥120.00即可升级为黄金。"
+    )
+    assert (
+        i18n.reason_text("points_expiring", {"points": 3000}, "en")
+        == "3,000 of your points expire this month."
+    )
+    assert i18n.reason_text("welcome_back", {}, "zh-CN") == "欢迎回来。"
 
 
 def test_missing_entry_is_an_error_not_a_bare_code() -> None:

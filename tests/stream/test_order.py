@@ -43,6 +43,18 @@ def test_shuffled_stream_folds_to_the_ordered_state(seed: int) -> None:
     for mid, state in ordered.items():
         diffs = _close(msgspec.to_builtins(state), msgspec.to_builtins(mixed[mid]), mid)
         assert not diffs, diffs[:5]
+    # The stream exercises the lifecycle fields too (issue 19), so they are compared above.
+    states = list(ordered.values())
+    for name in (
+        "visit_days",
+        "growth_weeks",
+        "points_expiring",
+        "paid_plan",
+        "paid_expires_ts",
+        "paid_ended_ts",
+    ):
+        assert any(getattr(s, name) for s in states), name
+    assert any(s.paid_renewals for s in states)
 
 
 def test_shuffled_stream_gives_the_same_offer_stats() -> None:
