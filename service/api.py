@@ -269,6 +269,10 @@ async def readyz(res: ResourcesDep) -> Response:
         # Requests holding a slot (bodies read, being answered) against the limit that sheds load.
         "in_flight": res.in_flight.n if res.in_flight is not None else None,
         "max_in_flight": res.settings.max_in_flight,
+        # Redis came back without its data (infra.epoch_store): every member is cold until
+        # `benefits replay` rebuilds them. Reported, not made a readiness failure: every replica sees
+        # the same Redis, and pulling them all out of the Service would turn cold answers into none.
+        "state_lost": bool(res.epoch is not None and res.epoch.lost),
     }
     if res.models.pointer_refused is not None:
         # Still ready when it serves an earlier good version; the body says the pointer was refused.

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.epoch_store import StoreEpoch
 from infra.experiment_store import ExperimentStore
 from infra.redis_client import AnyRedis, connect
 from infra.redis_layout import MemberStore
@@ -32,6 +33,7 @@ from service.auth import KeyRing
 from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
 from service.deps import Resources
+from service.epoch import EpochWatch
 from service.errors import ServiceError, service_error_body, store_error_body
 from service.experiment_runtime import ExperimentRuntime
 from service.fastpath import RecommendFastPath
@@ -205,7 +207,14 @@ def create_app(settings: Settings) -> FastAPI:
             await experiments.refresh()
             await experiments.flush()
 
+        epoch = EpochWatch(StoreEpoch(client, settings.layout), res.recommender, metrics)
+        res.epoch = epoch
+        try:
+            await epoch.start()
+        except (RedisError, OSError) as exc:
+            log.warning("store epoch unreadable at start (%s): the poller takes it once Redis is back", exc)
         tasks = [
+            asyncio.create_task(_every(1.0, "store epoch check", epoch.check)),
             asyncio.create_task(_every(settings.experiment_poll_seconds, "experiment poll", poll_experiment)),
             asyncio.create_task(_every(settings.model_poll_seconds, "model poll", poll_models)),
             asyncio.create_task(_every(settings.catalog_poll_seconds, "catalog poll", poll_catalog)),

@@ -18,6 +18,7 @@ from infra.registry import Registry
 from infra.settings import Settings
 from service.auth import KeyRing
 from service.catalog import CatalogHolder, CatalogStore
+from service.epoch import EpochWatch
 from service.feedback import FeedbackService
 from service.metrics import Metrics
 from service.middleware import InFlight
@@ -39,6 +40,8 @@ class Resources:
     keys: KeyRing
     #: Requests holding an in-flight slot (service.middleware), reported by /readyz.
     in_flight: InFlight | None = None
+    #: The store epoch check (service.epoch): /readyz reports state_lost.
+    epoch: EpochWatch | None = None
 
 
 async def _resources(request: Request) -> Resources:

@@ -100,6 +100,11 @@ class Metrics:
         self.rejected = Counter(
             "benefits_http_rejected_total", "Requests refused by the edge middleware", ["cause"], registry=r
         )
+        self.state_lost = Gauge(
+            "benefits_store_state_lost",
+            "1 when the store epoch marker vanished or changed: Redis lost its data (infra.epoch_store)",
+            registry=r,
+        )
         # Per-arm experiment counts: views are recommend answers, the rest come from feedback.
         self.experiment_events = Counter(
             "benefits_experiment_events_total",

@@ -16,6 +16,8 @@ model raised                  same                                            ``
 no catalog yet                empty list                                      ``no_catalog``
 over max_in_flight (shed)     cached ranking for an anonymous member, default ``overloaded``
                               page context (``shed_answer``; no Redis, no model)
+store lost its data           unknown members ranked as cold starts, flagged   ``state_lost``
+                              (the store epoch marker vanished; infra.epoch_store)
 ============================  ==============================================  ====================
 
 Unknown member: the model ranks an empty state (``cold_start``), not degraded. Consent off: priors
@@ -152,6 +154,8 @@ class Recommender:
         self.read_budget_s = max(0.001, self.deadline_s * 0.8)
         self.salt = hash_salt
         self.breaker = Breaker()
+        #: Set by the store epoch check (service.app) once Redis is found to have lost its data.
+        self.state_lost = False
         self.rng = np.random.default_rng(seed)
         self.default_limit = default_limit
         self.default_locale = default_locale
@@ -227,6 +231,8 @@ class Recommender:
             mode, cause = Mode.FALLBACK, "no_model"
         elif state is None:
             mode = Mode.COLD_START
+            if self.state_lost:
+                cause = "state_lost"  # not really unknown: Redis came back empty (infra.epoch_store)
         elif not state.personalization_consent:
             mode = Mode.NON_PERSONALISED
         else:
