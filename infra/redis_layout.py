@@ -17,6 +17,10 @@ Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Clust
                                (HSET, or the seed-if-empty script), read by every replica's poller and
                                the worker (offer costs); EXPIRE catalog_ttl_seconds, refreshed on every
                                catalog write and by the service's catalog poller.
+    P:{inc}:TOPIC              hash partition -> "INCARNATION OFFSET FINGERPRINT": which incarnation
+                               of the topic the watermarks belong to and the last record folded there
+                               (``infra/topic_incarnation.py``); HSET by the worker after each batch,
+                               no TTL (a few bytes per partition).
     P:{catalog}:version        integer bumped on every catalog change; replicas and the worker poll it.
                                Same hash tag as the catalog so that the seed script (both keys) is one
                                call on a cluster; same TTL as the catalog.
@@ -84,6 +88,9 @@ class StoredMember(msgspec.Struct, omit_defaults=True):
     #: partition -> offset of the last event folded into this blob.
     offsets: dict[int, int] = {}
     layout: int = UNMARKED_LAYOUT
+    #: partition -> the topic incarnation its offset belongs to (see infra/topic_incarnation.py);
+    #: absent means the original incarnation "" (blobs written before incarnations existed).
+    incarnations: dict[int, str] = {}
 
 
 class StoredOfferStats(msgspec.Struct):
@@ -91,6 +98,8 @@ class StoredOfferStats(msgspec.Struct):
     offset: int
     counters: dict[str, OfferCounters]
     layout: int = UNMARKED_LAYOUT
+    #: The topic incarnation ``offset`` belongs to ("" the original one).
+    incarnation: str = ""
 
 
 def _b(raw: bytes | str) -> bytes:
@@ -169,6 +178,9 @@ class RedisLayout:
 
     def offer_stats_key(self, partition: int) -> str:
         return f"{self.prefix}:os:{{p{partition}}}"
+
+    def topic_incarnation_key(self, topic: str) -> str:
+        return f"{self.prefix}:{{inc}}:{topic}"
 
     def offer_stats_pattern(self) -> str:
         return f"{self.prefix}:os:*"

@@ -21,8 +21,10 @@ Hazards worth knowing:
 
 - The watermark check needs every message of a member on one partition: a message whose Kafka key is
   not its ``member_id`` is dead-lettered (``key_mismatch``) rather than folded.
-- Offsets are compared as numbers: deleting and re-creating the topic with the same Redis prefix would
-  make the worker skip the new topic's events. Use a new prefix (or erase the state) when you do.
+- Offsets are compared only within one incarnation of the topic: each watermark carries the
+  incarnation it belongs to, and ``incarnations`` (kept by ``stream/incarnation.py``, which detects a
+  recreated or truncated topic) says the current one per partition; a watermark of another incarnation
+  reads as "nothing folded yet". True redeliveries are still caught by the fold's event-id window.
 - Redis errors are retried with backoff inside the batch (:meth:`BatchProcessor.retry`), never raised:
   Faust would ack a batch whose processing raised.
 """
@@ -120,6 +122,9 @@ class BatchProcessor:
         #: (max future skew, max age or None) in seconds, against the wall clock: an event outside them
         #: is dead-lettered (``event_ts_future`` / ``event_ts_expired``); None accepts any valid time.
         self.event_time_bounds = event_time_bounds
+        #: partition -> current topic incarnation ("" the original; absent means ""), shared with the
+        #: engine's :class:`~stream.incarnation.IncarnationGuard`.
+        self.incarnations: dict[int, str] = {}
         #: Offer id -> cost per claim, charged to the per-offer ``cost_used`` (refreshed from the catalog
         #: by :class:`CostRefresher`).
         self.cost_of = cost_of
@@ -229,10 +234,20 @@ class BatchProcessor:
                 stored = StoredMember(state=new_state(mid))
             state = stored.state
             offsets = stored.offsets
+            incarnations = stored.incarnations
+            current = self.incarnations
             changed = False
             # Within a batch a member's events are in offset order (one partition, consumed in order),
             # which is the order the producer wrote them: the same order the offline fold uses.
             for partition, offset, event in by_member[mid]:
+                inc = current.get(partition, "")
+                if incarnations.get(partition, "") != inc:
+                    # A watermark of an older incarnation of the topic: these offsets are new events.
+                    offsets.pop(partition, None)
+                    if inc:
+                        incarnations[partition] = inc
+                    else:
+                        incarnations.pop(partition, None)
                 if offset <= offsets.get(partition, -1):
                     skipped += 1
                     continue
@@ -260,8 +275,11 @@ class BatchProcessor:
         """Fold offer events into each partition's partial, skipping offsets at or below its watermark."""
         stats_to_write: list[StoredOfferStats] = []
         for partition, st in zip(partitions, stored_stats, strict=True):
+            inc = self.incarnations.get(partition, "")
             if st is None:
-                st = StoredOfferStats(partition=partition, offset=-1, counters={})
+                st = StoredOfferStats(partition=partition, offset=-1, counters={}, incarnation=inc)
+            elif st.incarnation != inc:
+                st.offset, st.incarnation = -1, inc  # an older incarnation's watermark: new offsets
             changed = False
             for offset, event in batch.offer_events[partition]:
                 if offset <= st.offset:

@@ -24,7 +24,9 @@ from infra.catalog_store import CatalogStore
 from infra.redis_client import open_client
 from infra.redis_layout import MemberStore
 from infra.settings import Settings
+from infra.topic_incarnation import TopicIncarnations
 from stream.batch import BatchProcessor, CostRefresher
+from stream.incarnation import Fetched, IncarnationGuard
 from stream.metrics import StreamMetrics
 from stream.records import RawRecord
 from stream.timings import (
@@ -76,6 +78,7 @@ class BatchConsumerWorker:
                 # Wait for the batch in flight, then commit: the next owner resumes after our writes.
                 async with worker._lock:
                     await worker._commit()
+                guard.revoked([tp.partition for tp in revoked])
                 for tp in revoked:
                     # No longer ours: a stale lag figure would mislead whoever watches this worker.
                     with contextlib.suppress(KeyError):
@@ -84,6 +87,12 @@ class BatchConsumerWorker:
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+                # Resume at the last record written, to check it is still the same record (the same
+                # incarnation of the topic); see stream/incarnation.py.
+                by_partition = {tp.partition: tp for tp in assigned}
+                seeks = await guard.assigned(sorted(by_partition))
+                for p, offset in seeks.items():
+                    worker._consumer.seek(by_partition[p], offset)
 
         redis_client = await open_client(
             s.redis_url, cluster=s.redis_cluster, timeout_ms=WORKER_REDIS_TIMEOUT_MS
@@ -96,6 +105,10 @@ class BatchConsumerWorker:
             event_time_bounds=(s.event_max_future_skew_seconds, s.worker_max_event_age_seconds),
         )
         costs = CostRefresher(CatalogStore(redis_client, s.layout))
+        guard = IncarnationGuard(
+            TopicIncarnations(redis_client, s.layout, s.events_topic), self.metrics, processor.retry
+        )
+        processor.incarnations = guard.current
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.consumer_group,
@@ -125,6 +138,23 @@ class BatchConsumerWorker:
                 fetched = await consumer.getmany(
                     timeout_ms=s.worker_batch_within_ms, max_records=s.worker_batch_max
                 )
+                assigned = {tp.partition: tp for tp in consumer.assignment()}
+                drop: set[int] = set()
+                restarted = await guard.check_highwaters(
+                    {p: consumer.highwater(tp) for p, tp in assigned.items()}
+                )
+                if fetched:
+                    drop, changed = await guard.check(
+                        {tp.partition: _fetched(msgs[0]) for tp, msgs in fetched.items()}
+                    )
+                    restarted += changed
+                if restarted:
+                    # A new incarnation is read from its beginning; what was fetched is fetched again,
+                    # and an old incarnation's offset must never be committed on the new one.
+                    for p in restarted:
+                        self._to_commit.pop(assigned[p], None)
+                    fetched = {tp: msgs for tp, msgs in fetched.items() if tp.partition not in restarted}
+                    await consumer.seek_to_beginning(*(assigned[p] for p in restarted))
                 if not fetched:
                     if self._to_commit and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                         async with self._lock:
@@ -134,8 +164,8 @@ class BatchConsumerWorker:
                 async with self._lock:
                     records = [
                         RawRecord(m.partition, m.offset, m.key, m.value)
-                        for msgs in fetched.values()
-                        for m in msgs
+                        for tp, msgs in fetched.items()
+                        for m in (msgs[1:] if tp.partition in drop else msgs)
                     ]
                     t0 = time.perf_counter()
                     out = await processor.process(records)
@@ -147,6 +177,7 @@ class BatchConsumerWorker:
                         # Wait for the broker's ack: a dead letter must exist before its source commits.
                         await asyncio.gather(*futs)
                         log.info("dead-lettered %d events", len(out.dead_letters))
+                    await guard.written([_fetched(msgs[-1]) for msgs in fetched.values()])
                     for tp, msgs in fetched.items():
                         self._to_commit[tp] = msgs[-1].offset + 1
                     self.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -183,3 +214,7 @@ class BatchConsumerWorker:
             # The group moved on (we were too slow or are leaving). Harmless: the next owner re-reads
             # from the last committed offset and the watermarks skip what we already wrote.
             log.warning("offset commit failed (%r); events will be redelivered and skipped", exc)
+
+
+def _fetched(m: Any) -> Fetched:
+    return Fetched(m.partition, m.offset, m.timestamp, m.key, m.value)

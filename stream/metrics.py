@@ -61,6 +61,13 @@ class StreamMetrics:
             "Redelivered events skipped because the stored watermark already covers them.",
             registry=r,
         )
+        self.offsets_backwards = Counter(
+            "benefits_stream_offsets_backwards_total",
+            "Partitions whose offsets went backwards (topic recreated or truncated): an alarm; the "
+            "worker started a new incarnation and folds the new events.",
+            ["partition", "reason"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             "benefits_stream_redis_errors_total", "Failed Redis round trips (retried).", registry=r
         )
