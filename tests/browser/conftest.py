@@ -7,6 +7,8 @@ model registry (the service test fixtures).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from harness.embedded import Service, create_topics
 from infra.settings import Settings
 from tests.service.conftest import ADMIN_KEY, live_server, model_bytes, registry, settings
 
@@ -39,8 +42,14 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[str]:
-    with live_server(settings) as base:
+def server(settings: Settings, broker: Service, unique: str) -> Iterator[str]:
+    # With the session broker, so that claims made in a test are recorded (and refused when sold out).
+    # The topic is made from another thread: Playwright's sync API holds this thread's event loop.
+    topic = f"member-events-{unique}"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create_topics(broker.url, {topic: 4})).result()
+    fb = settings.model_copy(update={"kafka_bootstrap": broker.url, "events_topic": topic})
+    with live_server(fb) as base:
         yield base
 
 

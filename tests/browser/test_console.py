@@ -76,18 +76,23 @@ def test_import_shows_the_refused_row_before_applying(admin_page: Page, tmp_path
 def test_an_edit_in_the_console_reaches_the_recommend_answer(admin_page: Page, server: str) -> None:
     page = admin_page
     first = httpx.post(f"{server}/v1/recommend", json={"member_id": "cold-1"}, headers=SF).json()["offers"][0]
+    before = httpx.get(f"{server}/v1/admin/offers/{first['offer_id']}", headers=ADMIN).json()
     page.fill("#search", first["offer_id"])
     row = page.locator(f'#offers tbody tr[data-offer="{first["offer_id"]}"]')
     row.locator("button.edit").click()
     new_title = "Edited in the console: 20 off everything"
     page.fill("#offer-form [name=title]", new_title)
+    page.fill("#offer-form [name=display_text]", "Only this week")
     page.click("#offer-save")
     expect(page.locator("#flash")).to_contain_text(f"Saved {first['offer_id']}")
     expect(row).to_contain_text(new_title)
+    after = httpx.get(f"{server}/v1/admin/offers/{first['offer_id']}", headers=ADMIN).json()
+    # only what was edited changed (campaign times keep their seconds through the minute picker)
+    assert {k for k in after if after[k] != before.get(k)} == {"title", "display_text"}
 
     answer = httpx.post(f"{server}/v1/recommend", json={"member_id": "cold-1"}, headers=SF).json()
-    titles = {o["offer_id"]: o["title"] for o in answer["offers"]}
-    assert titles.get(first["offer_id"]) == new_title
+    item = next(o for o in answer["offers"] if o["offer_id"] == first["offer_id"])
+    assert item["title"] == new_title and item["display_text"] == "Only this week"
 
     # retire it (with the confirmation): it leaves the recommend answer
     row.locator("button.retire").click()
@@ -141,6 +146,23 @@ def test_every_page_shows_the_service_state(
         pool.submit(write_members, settings, ["m-ui-1"], simulate_members(["m-ui-1"])).result()
     for _ in range(5):
         httpx.post(f"{server}/v1/recommend", json={"member_id": "m-ui-1"}, headers=SF)
+    # A limited offer with 2 units claimed by 3 members: 2 accepted, 1 refused as sold out.
+    limited = next(o for o in demo_catalog(time.time()) if o.inventory is not None)
+    small = limited.model_copy(
+        update={"offer_id": "flash-sale-hero", "inventory": 2, "title": "Flash sale: 30 off"}
+    )
+    httpx.post(f"{server}/v1/admin/offers", json=small.model_dump(mode="json"), headers=ADMIN)
+    outcomes = []
+    deadline = time.monotonic() + 20
+    for member in ("m-ui-1", "m-ui-2", "m-ui-3"):
+        claim = {"type": "claim", "member_id": member, "offer_id": "flash-sale-hero", "request_id": "r-ui"}
+        while True:  # the producer connects to the broker in the background after start-up
+            r = httpx.post(f"{server}/v1/feedback", json=claim, headers=SF)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        outcomes.append(r.status_code)
+    assert outcomes == [202, 202, 409]
     httpx.post(f"{server}/v1/recommend", json={"member_id": "m-ui-unknown"}, headers=SF)
 
     def shot(name: str) -> None:
@@ -170,8 +192,14 @@ def test_every_page_shows_the_service_state(
     expect(page.locator("#campaigns tbody tr").first).to_be_visible()
     expect(page.locator("#campaigns tbody")).to_contain_text("unlimited")
     page.uncheck("#only-watched")
-    assert page.locator("#campaigns tbody tr").count() == len(demo_catalog(0.0))
+    assert page.locator("#campaigns tbody tr").count() == len(demo_catalog(0.0)) + 1  # + flash-sale-hero
     page.check("#only-watched")
+    page.fill("#search", "flash")
+    refusal = page.locator('#refusals tbody tr[data-offer="flash-sale-hero"]')
+    expect(refusal).to_contain_text("1")  # refreshed every 5 s; the reasons table fills when refused
+    expect(page.locator("#refusals thead")).to_contain_text("sold_out")
+    expect(page.locator('#campaigns tbody tr[data-offer="flash-sale-hero"]')).to_contain_text("0 / 2")
+    page.fill("#search", "")
     shot("campaigns")
 
     page.click("nav >> text=Models")

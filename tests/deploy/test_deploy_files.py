@@ -49,6 +49,12 @@ REQUIRED_METRICS = {
     "benefits_stream_dead_letters_total",
     "benefits_stream_consumer_lag",
     "benefits_stream_freshness_seconds_bucket",
+    # issue 18: the business row (stock, budget, claims and refusals per offer, pacing)
+    "benefits_offer_inventory_left",
+    "benefits_offer_budget_spent",
+    "benefits_offer_budget_total",
+    "benefits_offer_claims_total",
+    "benefits_offer_pacing",
 }
 
 

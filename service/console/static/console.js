@@ -138,11 +138,14 @@ function initLogin() {
 // -- catalogue -------------------------------------------------------------------------------------------
 
 const OFFER_FIELDS = ["offer_id", "kind", "subtype", "title", "category", "value", "threshold", "cost", "inventory",
-  "budget", "campaign_start_ts", "campaign_end_ts", "eligibility", "caps", "pinned", "active"];
+  "budget", "campaign_start_ts", "campaign_end_ts", "eligibility", "caps", "pinned", "active", "display_text", "image_key",
+  "family"];
+const OPTIONAL_TEXT = ["display_text", "image_key", "family"];
 
 function initCatalogue() {
   let offers = [];
   let editing = null; // offer_id being edited, or null for a new offer
+  let original = {}; // the offer as loaded: untouched times keep their exact seconds
   const tbody = document.querySelector("#offers tbody");
   const form = document.getElementById("offer-form");
   const editor = document.getElementById("editor");
@@ -180,10 +183,15 @@ function initCatalogue() {
   }
 
   function toLocal(ts) { return ts ? new Date(ts * 1000).toISOString().slice(0, 16) : ""; }
-  function fromLocal(v) { return v ? Date.parse(v + ":00Z") / 1000 : null; }
+  // The picker shows minutes: an untouched field keeps the stored value to the second.
+  function fromLocal(v, name) {
+    if (original[name] && toLocal(original[name]) === v) return original[name];
+    return v ? Date.parse(v + ":00Z") / 1000 : null;
+  }
 
   function openEditor(o) {
     editing = o ? o.offer_id : null;
+    original = o || {};
     document.getElementById("editor-title").textContent = o ? `Edit ${o.offer_id}` : "New offer";
     document.getElementById("offer-error").textContent = "";
     const f = form.elements;
@@ -194,6 +202,7 @@ function initCatalogue() {
     setSubtypes(v.kind, v.subtype);
     for (const name of ["title", "value", "threshold", "cost"]) f[name].value = v[name] ?? "";
     f.category.value = v.category || "";
+    for (const name of OPTIONAL_TEXT) f[name].value = v[name] || "";
     f.inventory.value = v.inventory ?? "";
     f.budget.value = v.budget ?? "";
     f.campaign_start_ts.value = toLocal(v.campaign_start_ts);
@@ -221,9 +230,11 @@ function initCatalogue() {
       offer_id: f.offer_id.value.trim(), kind: f.kind.value, subtype: f.subtype.value, title: f.title.value,
       category: f.category.value || null, value: num(f.value) ?? 0, threshold: num(f.threshold) ?? 0,
       cost: num(f.cost) ?? 0, inventory: num(f.inventory), budget: num(f.budget),
-      campaign_start_ts: fromLocal(f.campaign_start_ts.value), campaign_end_ts: fromLocal(f.campaign_end_ts.value),
+      campaign_start_ts: fromLocal(f.campaign_start_ts.value, "campaign_start_ts"),
+      campaign_end_ts: fromLocal(f.campaign_end_ts.value, "campaign_end_ts"),
       pinned: f.pinned.checked, active: f.active.checked,
     };
+    for (const name of OPTIONAL_TEXT) body[name] = f[name].value.trim() || null;
     const elig = json(f.eligibility, "eligibility"); if (elig !== undefined) body.eligibility = elig;
     const caps = json(f.caps, "caps"); if (caps !== undefined) body.caps = caps;
     Object.assign(body, json(f.extra, "other fields") || {});
@@ -337,6 +348,9 @@ function initCampaigns() {
     const q = search.value.trim().toLowerCase();
     const rows = last.offers.filter((o) => (!only.checked || o.limited || o.budgeted) &&
       (!q || o.offer_id.toLowerCase().includes(q) || o.title.toLowerCase().includes(q)));
+    // Closest to running out first: the larger of stock used and budget spent.
+    const used = (o) => Math.max(o.inventory ? o.inventory_reserved / o.inventory : 0, o.budget_spent_share || 0);
+    rows.sort((a, b) => used(b) - used(a) || a.offer_id.localeCompare(b.offer_id));
     const tbody = document.querySelector("#campaigns tbody");
     fill(tbody, rows.map((o) => el("tr", { "data-offer": o.offer_id, class: o.active ? "" : "retired" },
       el("td", {}, el("code", {}, o.offer_id), el("div", { class: "muted small" }, o.title)),
