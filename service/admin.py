@@ -53,7 +53,19 @@ async def import_offers(
     return _json(report)
 
 
-@router.get("/v1/admin/offers/export")
+@router.get(
+    "/v1/admin/offers/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The catalogue as CSV (format=csv) or a JSON list of offers (format=json)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array"}},
+            },
+        }
+    },
+)
 async def export_offers(res: ResourcesDep, format: Literal["csv", "json"] = "csv") -> Response:
     """The whole catalogue in the import format (an export re-imports unchanged)."""
     _, offers = await res.catalog_store.read_all()

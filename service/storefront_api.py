@@ -88,7 +88,30 @@ class FeedbackBatch(BaseModel):
     items: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-@router.post("/v1/feedback/batch", status_code=202, response_class=Response)
+class BatchResult(BaseModel):
+    offer_id: str
+    status: Literal["accepted", "refused"]
+    event_id: str | None = None
+    event_type: str | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class BatchResponse(BaseModel):
+    accepted: int
+    refused: int
+    results: list[BatchResult]
+
+
+@router.post(
+    "/v1/feedback/batch",
+    status_code=202,
+    response_class=Response,
+    responses={
+        202: {"model": BatchResponse, "description": "Every item accepted"},
+        207: {"model": BatchResponse, "description": "Some items refused: see each result"},
+    },
+)
 async def feedback_batch(body: FeedbackBatch, fb: FeedbackDep, res: ResourcesDep) -> Response:
     """Record a whole slate's impressions in one call: each item becomes the same event a single
     ``POST /v1/feedback`` would publish. Items are independent: the answer lists one result per item

@@ -20,9 +20,13 @@ from harness.reliability.stack import (
 )
 from infra.settings import Settings
 
-#: Routes anyone may call (probes, metrics scrape, API docs). Every other route needs a scoped key.
+#: Routes anyone may call (probes, metrics scrape, API docs, the console's pages and static files: they
+#: hold no data, their scripts call the admin API with the operator's key). Every other route needs a
+#: scoped key.
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    | {"/console", "/console/login", "/console/static"}
+    | {f"/console/{page}" for page in ("catalogue", "campaigns", "models", "health", "member")}
 )
 
 

@@ -48,7 +48,8 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("member", "member.html", "Member"),
 )
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+# No router prefix: full paths, so route listings (the security tests) see the paths as served.
+router = APIRouter(include_in_schema=False)
 
 
 def static_files() -> StaticFiles:
@@ -75,12 +76,12 @@ def _render(request: Request, template: str, page: str) -> Response:
     )
 
 
-@router.get("", response_class=RedirectResponse)
+@router.get("/console", response_class=RedirectResponse)
 async def index() -> RedirectResponse:
     return RedirectResponse("/console/catalogue", status_code=307)
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/console/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     return _render(request, "login.html", "login")
 
@@ -90,7 +91,7 @@ def _page_route(name: str, template: str) -> None:
         return _render(request, template, name)
 
     show.__name__ = f"console_{name}"
-    router.add_api_route(f"/{name}", show, methods=["GET"], response_class=HTMLResponse)
+    router.add_api_route(f"/console/{name}", show, methods=["GET"], response_class=HTMLResponse)
 
 
 for _name, _template, _ in PAGES:

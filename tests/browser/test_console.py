@@ -203,8 +203,25 @@ def test_every_page_shows_the_service_state(
     shot("campaigns")
 
     page.click("nav >> text=Models")
+    expect(page.locator("#no-experiment")).to_be_visible()
+    experiment = {
+        "experiment_id": "ui-test",
+        "arms": [
+            {"name": "control", "share": 0.5},
+            {"name": "challenger", "share": 0.5, "model_version": "v2"},
+        ],
+    }
+    r = httpx.put(f"{server}/v1/admin/experiment", json=experiment, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    page.reload()
+    expect(page.locator('#arms tbody tr[data-arm="challenger"]')).to_contain_text("v2")
+    expect(page.locator("#experiment-id")).to_have_text("ui-test")
     expect(page.locator('#models tbody tr[data-version="v1"]')).to_contain_text("serving")
     shot("models")
+    page.click("#end-experiment")
+    page.click("#confirm-ok")
+    expect(page.locator("#no-experiment")).to_be_visible()
+    assert httpx.get(f"{server}/v1/admin/experiment", headers=ADMIN).status_code == 404
 
     page.click("nav >> text=Health")
     expect(page.locator("#ready")).to_have_text("ready")

@@ -65,7 +65,12 @@ def _app_routes(tmp_path: Path) -> list[tuple[str, str, str]]:
 def test_every_route_has_a_scope_or_is_public(tmp_path: Path) -> None:
     routes = _app_routes(tmp_path)
     assert {p for _, p, s in routes if s == "admin"} >= {"/v1/admin/offers", "/v1/members/{member_id}"}
-    assert {p for _, p, s in routes if s == "storefront"} == {"/v1/recommend", "/v1/feedback"}
+    assert {p for _, p, s in routes if s == "storefront"} == {
+        "/v1/recommend",
+        "/v1/feedback",
+        "/v1/feedback/batch",
+        "/v1/offers/{offer_id}",
+    }
 
 
 @pytest.mark.anyio

@@ -407,9 +407,36 @@ function initModels() {
         el("td", {}, v.version === status.promoted ? null :
           el("button", { type: "button", class: "promote", onclick: () => promote(v.version) }, "Promote")));
     }));
+    await loadExperiment();
     fill(document.querySelector("#refused tbody"), status.refused.map((r) =>
       el("tr", {}, el("td", {}, r.version), el("td", {}, r.reason), el("td", { class: "small" }, r.detail))), "No model refused.");
   }
+
+  async function loadExperiment() {
+    let xp = null;
+    try { xp = await api("GET", "/v1/admin/experiment"); } catch (e) { if (e.status !== 404 && e.status !== 503) throw e; }
+    document.getElementById("no-experiment").hidden = !!xp;
+    document.getElementById("arms").hidden = !xp;
+    document.getElementById("end-experiment").hidden = !xp;
+    document.getElementById("experiment-id").textContent = xp ? xp.experiment.experiment_id : "";
+    if (!xp) return;
+    const arms = [...xp.experiment.arms];
+    if (xp.experiment.holdout) arms.push({ name: "holdout", share: xp.experiment.holdout.share, policy: "holdout" });
+    fill(document.querySelector("#arms tbody"), arms.map((a) => {
+      const c = (xp.counts || {})[a.name] || {};
+      return el("tr", { "data-arm": a.name }, el("td", {}, el("code", {}, a.name)), el("td", { class: "num" }, pct(a.share)),
+        el("td", {}, a.policy || "model"), el("td", {}, a.model_version || (a.policy === "model" || !a.policy ? "promoted" : "–")),
+        el("td", { class: "num" }, fmt(c.views || 0)), el("td", { class: "num" }, fmt(c.impressions || 0)),
+        el("td", { class: "num" }, fmt(c.clicks || 0)), el("td", { class: "num" }, fmt(c.claims || 0)),
+        el("td", { class: "num" }, c.views ? fmt((c.claims || 0) / c.views, 4) : "–"));
+    }));
+  }
+
+  document.getElementById("end-experiment").addEventListener("click", async () => {
+    if (!(await confirmAction("End the experiment? Every member gets the promoted model again."))) return;
+    try { await api("DELETE", "/v1/admin/experiment"); flash("Experiment ended.", "ok"); } catch (e) { flash(e.message, "error"); }
+    await load();
+  });
 
   async function act(text, method, path) {
     if (!(await confirmAction(text))) return;
