@@ -140,7 +140,10 @@ def test_parse_accepts_exactly_what_the_offer_model_accepts(value: object, tiers
     cell = str(value)
     header = list(bulk.CSV_COLUMNS)
     line = bulk.to_csv([offer]).splitlines()[1].split(",")
-    line[header.index("value")] = cell.replace(",", "").replace("\n", "").replace('"', "")
+    # Unquoted, so without the characters CSV gives a meaning to (separator, quote, line breaks).
+    for special in (",", "\n", "\r", '"', "\x00"):
+        cell = cell.replace(special, "")
+    line[header.index("value")] = cell
     line[header.index("eligibility.tiers")] = "|".join(tiers)
     parsed = bulk.parse(("\n".join([",".join(header), ",".join(line)])).encode(), "csv")
     assert parsed.rows == 1
