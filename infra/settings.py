@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     default_locale: Literal["zh-CN", "en"] = "zh-CN"
     storefront_api_keys: list[SecretStr] = [SecretStr("dev-storefront-key")]
     admin_api_keys: list[SecretStr] = [SecretStr("dev-admin-key")]
+    #: Keys with the support scope: ``POST /v1/recommend`` with ``explain: true`` only (why an offer is
+    #: or is not shown, which reveals the member's tier and recent browsing). Empty: none.
+    support_api_keys: list[SecretStr] = []
+    #: HS256 secret of signed member tokens (``X-Member-Token``, ``sub`` = member_id, ``exp`` required);
+    #: when set, a token a storefront request carries is checked (service.member_tokens).
+    member_token_secret: SecretStr | None = None
+    #: With a secret: every storefront request naming a member (recommend, feedback) must carry a valid
+    #: token for that member, else 403.
+    member_tokens_required: bool = False
     member_hash_salt: SecretStr = SecretStr("dev-salt")
 
     # --- ranking policy
@@ -172,16 +181,23 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_dev_secrets_in_prod(self) -> Settings:
         if self.environment == "prod":
-            keys = {k.get_secret_value() for k in [*self.storefront_api_keys, *self.admin_api_keys]}
+            keys = {
+                k.get_secret_value()
+                for k in [*self.storefront_api_keys, *self.admin_api_keys, *self.support_api_keys]
+            }
             if keys & _DEV_KEYS:
                 raise ValueError("the development API keys must not be used with environment=prod")
             if self.member_hash_salt.get_secret_value() == "dev-salt":
                 raise ValueError("set BENEFITS_MEMBER_HASH_SALT for environment=prod")
             if self.redis_url is None or self.kafka_bootstrap is None:
                 raise ValueError("environment=prod needs BENEFITS_REDIS_URL and BENEFITS_KAFKA_BOOTSTRAP")
-        for k in [*self.storefront_api_keys, *self.admin_api_keys]:
+        for k in [*self.storefront_api_keys, *self.admin_api_keys, *self.support_api_keys]:
             if len(k.get_secret_value()) < 12:
                 raise ValueError("API keys must be at least 12 characters")
+        if self.member_tokens_required and self.member_token_secret is None:
+            raise ValueError("BENEFITS_MEMBER_TOKENS_REQUIRED needs BENEFITS_MEMBER_TOKEN_SECRET")
+        if self.member_token_secret is not None and len(self.member_token_secret.get_secret_value()) < 32:
+            raise ValueError("BENEFITS_MEMBER_TOKEN_SECRET must be at least 32 characters (HS256)")
         return self
 
     @property

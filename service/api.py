@@ -19,8 +19,18 @@ from features.offers import Offer
 from features.projection import Context
 from infra.registry import RegistryError
 from infra.settings import Settings
+from service.auth import Scope, check_explain
 from service.body import decode_recommend
-from service.deps import FeedbackDep, Resources, ResourcesDep, require_admin, require_storefront
+from service.deps import (
+    FeedbackDep,
+    MemberTokenDep,
+    Resources,
+    ResourcesDep,
+    check_member_token,
+    require_admin,
+    require_recommend_scope,
+    require_storefront,
+)
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
@@ -51,6 +61,8 @@ def _json(body: Any, status: int = 200) -> Response:
 storefront = APIRouter(dependencies=[Depends(require_storefront)], responses=_errors, tags=["storefront"])
 admin = APIRouter(dependencies=[Depends(require_admin)], responses=_errors, tags=["admin"])
 ops = APIRouter(tags=["operations"])
+#: Recommend takes storefront keys, and support/admin keys for ``explain: true`` (service.auth).
+recommend_router = APIRouter(responses=_errors, tags=["storefront"])
 
 
 #: The body is decoded by msgspec (service.body), so FastAPI does not see it: document it by hand.
@@ -62,7 +74,7 @@ _RECOMMEND_BODY = {
 }
 
 
-@storefront.post(
+@recommend_router.post(
     "/v1/recommend",
     response_class=Response,
     responses={200: {"model": RecommendResponseModel}},
@@ -71,24 +83,47 @@ _RECOMMEND_BODY = {
 async def recommend(
     request: Request,
     res: ResourcesDep,
+    scope: Annotated[Scope, Depends(require_recommend_scope)],
+    member_token: MemberTokenDep = None,
     accept_language: Annotated[str | None, Header(max_length=MAX_ACCEPT_LANGUAGE)] = None,
 ) -> Response:
     """Ranked offers (coupons, benefits, consults) for one member on one page, with reasons.
 
     The body is a :class:`~service.schemas.RecommendRequest`. Sentences are in the body's ``locale``,
     else the best ``Accept-Language`` match, else the service default. (Served by
-    :mod:`service.fastpath` once the app is started; this route documents it and is the same code.)"""
-    body = await recommend_answer(res, await request.body(), accept_language)
+    :mod:`service.fastpath` once the app is started; this route documents it and is the same code.)
+
+    ``explain: true`` needs a support or admin key (403 with a storefront key); with member tokens on,
+    a storefront call carries ``X-Member-Token`` for the body's member (403 otherwise)."""
+    body = await recommend_answer(res, await request.body(), accept_language, scope, member_token)
     return Response(body, media_type="application/json")
 
 
-async def recommend_answer(res: Resources, raw: bytes, accept_language: str | None) -> bytes:
-    """The recommend answer as JSON bytes for a raw request body (raises RequestValidationError)."""
+async def recommend_answer(
+    res: Resources,
+    raw: bytes,
+    accept_language: str | None,
+    scope: Scope = "storefront",
+    member_token: str | None = None,
+) -> bytes:
+    """The recommend answer as JSON bytes for a raw request body (raises RequestValidationError, and
+    Forbidden when the key's scope or the member token does not allow this request)."""
     if accept_language is not None and len(accept_language) > MAX_ACCEPT_LANGUAGE:
         raise RequestValidationError(
             [{"loc": ("header", "accept-language"), "msg": f"longer than {MAX_ACCEPT_LANGUAGE} characters"}]
         )
-    body = decode_recommend(raw)
+    if scope == "storefront":
+        body = decode_recommend(raw)
+    else:
+        try:
+            body = decode_recommend(raw)
+        except RequestValidationError:
+            # Not a valid explain request, so not one this key may make: the scope answer comes first.
+            check_explain(scope, False)
+            raise
+    check_explain(scope, body.explain)
+    if scope == "storefront":
+        check_member_token(res, member_token, body.member_id)
     c = body.context
     query = RecommendQuery(
         member_id=body.member_id,
@@ -117,11 +152,15 @@ def check_feedback_time(event_ts: float | None, settings: Settings) -> None:
 @storefront.post(
     "/v1/feedback", status_code=202, response_class=Response, responses={202: {"model": FeedbackResponse}}
 )
-async def feedback(body: FeedbackRequest, fb: FeedbackDep, res: ResourcesDep) -> Response:
+async def feedback(
+    body: FeedbackRequest, fb: FeedbackDep, res: ResourcesDep, member_token: MemberTokenDep = None
+) -> Response:
     """Record what the member saw and did; published to the member-events topic before answering 202.
 
     ``event_ts`` may be at most ``event_max_future_skew_seconds`` ahead of the server's clock and no
-    older than the member state's retention (``member_ttl_seconds``)."""
+    older than the member state's retention (``member_ttl_seconds``). With member tokens on, the
+    request carries ``X-Member-Token`` for the body's member (403 otherwise)."""
+    check_member_token(res, member_token, body.member_id)
     check_feedback_time(body.event_ts, res.settings)
     out = await fb.submit(
         body.type,

@@ -38,6 +38,7 @@ from service.errors import ServiceError, service_error_body, store_error_body
 from service.experiment_runtime import ExperimentRuntime
 from service.fastpath import RecommendFastPath
 from service.feedback import FeedbackService
+from service.member_tokens import MemberTokens
 from service.metrics import Metrics
 from service.middleware import EdgeLimits, InFlight
 from service.model import ModelHolder
@@ -135,7 +136,7 @@ def _tune_gc() -> None:
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    keys = KeyRing(settings.storefront_api_keys, settings.admin_api_keys)
+    keys = KeyRing(settings.storefront_api_keys, settings.admin_api_keys, settings.support_api_keys)
     in_flight = InFlight()
 
     @contextlib.asynccontextmanager
@@ -174,6 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             keys=keys,
             in_flight=in_flight,
+            tokens=MemberTokens(settings.member_token_secret, settings.member_tokens_required),
         )
         app.state.resources = res
         experiments = ExperimentRuntime(
@@ -241,6 +243,7 @@ def create_app(settings: Settings) -> FastAPI:
     # service.admin first: its fixed paths (/v1/admin/offers/export, /import) must win over
     # /v1/admin/offers/{offer_id}.
     app.include_router(admin.router)
+    app.include_router(api.recommend_router)
     app.include_router(api.storefront)
     app.include_router(storefront_api.router)
     app.include_router(api.admin)

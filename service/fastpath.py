@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
 
 from service.api import recommend_answer
+from service.auth import RECOMMEND_SCOPES
 from service.body import invalid_body
 from service.deps import Resources
 from service.errors import ServiceError, service_error_body, store_error_body
@@ -49,13 +50,16 @@ class RecommendFastPath:
             return
         key: str | None = None
         language: str | None = None
+        member_token: str | None = None
         for name, value in scope["headers"]:
             if name == b"x-api-key":
                 key = value.decode("latin-1")
             elif name == b"accept-language":
                 language = value.decode("latin-1")
+            elif name == b"x-member-token":
+                member_token = value.decode("latin-1")
         try:
-            res.keys.require(key, "storefront")
+            key_scope = res.keys.require_any(key, RECOMMEND_SCOPES)
             chunks = []
             more = True
             while more:
@@ -64,7 +68,7 @@ class RecommendFastPath:
                     return  # the client went away
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
-            body = await recommend_answer(res, b"".join(chunks), language)
+            body = await recommend_answer(res, b"".join(chunks), language, key_scope, member_token)
         except ServiceError as exc:
             await _send(send, exc.status, service_error_body(exc))
             return

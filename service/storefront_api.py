@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import api
-from service.deps import FeedbackDep, ResourcesDep, require_storefront
+from service.deps import FeedbackDep, MemberTokenDep, ResourcesDep, check_member_token, require_storefront
 from service.errors import NotFound, ServiceError
 from service.schemas import MemberId, OfferIdStr, RequestId
 
@@ -112,12 +112,16 @@ class BatchResponse(BaseModel):
         207: {"model": BatchResponse, "description": "Some items refused: see each result"},
     },
 )
-async def feedback_batch(body: FeedbackBatch, fb: FeedbackDep, res: ResourcesDep) -> Response:
+async def feedback_batch(
+    body: FeedbackBatch, fb: FeedbackDep, res: ResourcesDep, member_token: MemberTokenDep = None
+) -> Response:
     """Record a whole slate's impressions in one call: each item becomes the same event a single
     ``POST /v1/feedback`` would publish. Items are independent: the answer lists one result per item
     in order (``accepted`` with its event id, or ``refused`` with the error), 202 when all were
-    accepted, 207 when some were refused."""
+    accepted, 207 when some were refused. With member tokens on, ``X-Member-Token`` must be for the
+    body's member (403 otherwise)."""
 
+    check_member_token(res, member_token, body.member_id)
     api.check_feedback_time(body.event_ts, res.settings)
 
     async def one(item: BatchItem) -> dict[str, object]:

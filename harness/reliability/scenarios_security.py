@@ -127,7 +127,9 @@ def security_checks() -> Outcome:
         offers = s.offer_ids()
         pii = f"pii-{secrets.token_hex(6)}"
         with httpx.Client(base_url=s.base, timeout=10) as c:
-            c.post("/v1/recommend", json={"member_id": pii, "explain": True}, headers=s.sf).raise_for_status()
+            c.post(
+                "/v1/recommend", json={"member_id": pii, "explain": True}, headers=s.admin
+            ).raise_for_status()
             for i, o in enumerate(offers[:5]):
                 body = {"type": "impression", "member_id": pii, "offer_id": o, "request_id": f"r{i}"}
                 assert c.post("/v1/feedback", json=body, headers=s.sf).status_code == 202

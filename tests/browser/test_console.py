@@ -99,7 +99,7 @@ def test_an_edit_in_the_console_reaches_the_recommend_answer(admin_page: Page, s
     page.click("#confirm-ok")
     expect(page.locator("#flash")).to_contain_text(f"Retired {first['offer_id']}")
     answer = httpx.post(
-        f"{server}/v1/recommend", json={"member_id": "cold-1", "explain": True}, headers=SF
+        f"{server}/v1/recommend", json={"member_id": "cold-1", "explain": True}, headers=ADMIN
     ).json()
     assert first["offer_id"] not in {o["offer_id"] for o in answer["offers"]}
     assert {"offer_id": first["offer_id"], "reason": "inactive"}.items() <= next(

@@ -29,8 +29,11 @@ from service.app import create_app
 
 STOREFRONT_KEY = "test-storefront-key-0001"
 ADMIN_KEY = "test-admin-key-00000001"
+SUPPORT_KEY = "test-support-key-0000001"
 SF = {"X-API-Key": STOREFRONT_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
+#: ``explain: true`` on recommend needs the support (or admin) scope.
+SUPPORT = {"X-API-Key": SUPPORT_KEY}
 
 
 def set_meta(model: onnx.ModelProto, meta: dict[str, str]) -> None:
@@ -94,6 +97,7 @@ def make_settings(redis_url: str | None, registry_dir: Path, prefix: str, **extr
         "registry_dir": registry_dir,
         "storefront_api_keys": [STOREFRONT_KEY],
         "admin_api_keys": [ADMIN_KEY],
+        "support_api_keys": [SUPPORT_KEY],
         "model_poll_seconds": 0.2,
         "catalog_poll_seconds": 0.2,
         "deadline_ms": 200.0,  # generous: the test machine is shared and noisy
@@ -112,11 +116,17 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """The app under uvicorn (uvloop + httptools) in a thread on a free port; yields its base URL."""
+def live_server(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """The app (``create_app(settings)`` unless given) under uvicorn (uvloop + httptools) in a thread on a
+    free port; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_config=None
+        app or create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -15,7 +15,7 @@ from features.state import new_state
 from infra.redis_layout import MemberStore, StoredMember
 from infra.settings import Settings
 from service.app import create_app
-from tests.service.conftest import ADMIN, SF, running
+from tests.service.conftest import ADMIN, SF, SUPPORT, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -42,7 +42,8 @@ async def put_state(settings: Settings, member_id: str, **attrs: Any) -> None:
 
 
 async def recommend(c: httpx.AsyncClient, member_id: str = "m1", **body: Any) -> dict[str, Any]:
-    r = await c.post("/v1/recommend", json={"member_id": member_id, **body}, headers=SF)
+    headers = SUPPORT if body.get("explain") else SF
+    r = await c.post("/v1/recommend", json={"member_id": member_id, **body}, headers=headers)
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
     return out

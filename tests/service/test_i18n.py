@@ -16,7 +16,7 @@ from features.offers import CATEGORIES
 from infra.settings import Settings
 from service import i18n
 from service.app import create_app
-from tests.service.conftest import SF, running
+from tests.service.conftest import SF, SUPPORT, running
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +119,10 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _texts(c: httpx.AsyncClient, body: dict[str, object], headers: dict[str, str]) -> list[str]:
-    r = await c.post("/v1/recommend", json={"member_id": "i18n-m", "explain": True, **body}, headers=headers)
+    # explain (the "why not shown" sentences) needs the support scope
+    r = await c.post(
+        "/v1/recommend", json={"member_id": "i18n-m", "explain": True, **body}, headers={**headers, **SUPPORT}
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     texts = [reason["text"] for o in out["offers"] for reason in o["reasons"]]

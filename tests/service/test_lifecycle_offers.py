@@ -19,7 +19,7 @@ from infra.redis_layout import MemberStore, StoredMember
 from infra.settings import Settings
 from service.app import create_app
 from service.i18n import exclusion_text
-from tests.service.conftest import ADMIN, SF, running
+from tests.service.conftest import ADMIN, SUPPORT, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -67,7 +67,7 @@ async def outcome(
     r = await client.post(
         "/v1/recommend",
         json={"member_id": member_id, "explain": True, "limit": 10, "locale": locale},
-        headers=SF,
+        headers=SUPPORT,
     )
     assert r.status_code == 200, r.text
     body = r.json()
