@@ -20,6 +20,8 @@ Prints the JSON summary as the last line and writes ``benchmarks/results/ranking
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -36,14 +38,18 @@ from features.state import MemberState
 from harness.embedded import start_redis
 from harness.members import put_states, random_context, simulate_member
 from harness.testmodel import served_onnx, synthetic_booster
+from infra.experiment_store import ExperimentStore
 from infra.redis_client import connect
 from infra.redis_layout import MemberStore, RedisLayout
 from infra.registry import LGB_FILE
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot
+from service.experiment_runtime import ExperimentRuntime
+from service.experiments import Assigner, Experiment, StoredExperiment, allocate
 from service.metrics import Metrics
 from service.model import ModelHolder, load_model
 from service.ranking import Policy
 from service.recommend import Recommender, RecommendQuery
+from service.shadow import ShadowScorer
 
 CANDIDATES = (50, 200, 500)
 TARGET_200 = {"p50_ms": 1.0, "p99_ms": 2.0}
@@ -142,6 +148,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "stages": stages,
             }
             logging.getLogger(__name__).info("%d candidates: %s", n, results[str(n)])
+        if args.shadow:
+            shadow_model = _load_bytes(train_model(states, now, args.trees, rng), f"shadow-{args.trees}x31")
+            results["shadow_200"] = await _shadow_compare(
+                args, store, client, layout, models, shadow_model, now, rng
+            )
         if args.fairness_guard_compare:
             results["fairness_guard_200"] = await _guard_compare(
                 args, store, client, layout, models, now, rng
@@ -171,6 +182,77 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await client.aclose()
         redis_svc.stop()
+
+
+async def _shadow_compare(
+    args: argparse.Namespace,
+    store: MemberStore,
+    client: Any,
+    layout: RedisLayout,
+    models: ModelHolder,
+    shadow_model: Any,
+    now: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """200 candidates without and with a shadow model (``--shadow-share`` of requests), in one run.
+
+    Blocks of 200 requests alternate off / on; before an "off" block the shadow queue is drained, so its
+    work (which runs on the same event loop, between requests) only lands on the "on" blocks. Both use
+    the same experiment (one arm holding everyone, the promoted model), so they differ by the shadow only.
+    """
+    catalog = CatalogHolder(CatalogStore(client, layout), store)
+    catalog.current = build_snapshot(1, demo_catalog(now - 86400, 200), now)
+    exp = Experiment.model_validate(
+        {
+            "experiment_id": "bench",
+            "arms": [{"name": "all", "share": 1.0}],
+            "shadow": {"model_version": shadow_model.version, "sample_share": args.shadow_share},
+        }
+    )
+    stored = StoredExperiment(experiment=exp, allocation=allocate(exp, None), revision=1, updated_ts=now)
+    recs = {}
+    for flag in (False, True):
+        metrics = Metrics()
+        rec = Recommender(store, catalog, models, metrics, Policy(), 25.0, b"bench")
+        runtime = ExperimentRuntime(ExperimentStore(client, layout), models, metrics, b"bench")
+        runtime.assigner = Assigner(stored, b"bench")
+        runtime.loaded = {shadow_model.version: shadow_model}
+        rec.experiments = runtime
+        recs[flag] = rec
+    tmp = tempfile.TemporaryDirectory()
+    scorer = ShadowScorer(Path(tmp.name) / "shadow.jsonl", 256, Policy(), recs[True].metrics, seed=args.seed)
+    recs[True].shadow = scorer
+    task = asyncio.create_task(scorer.run())
+    totals: dict[bool, list[float]] = {False: [], True: []}
+    block = 200
+    try:
+        for i in range(args.warmup + 2 * args.requests):
+            flag = (i // block) % 2 == 1
+            if not flag and i % block == 0:
+                while scorer.queue:
+                    await asyncio.sleep(0.001)
+            known = rng.random() < 0.9
+            member = f"bm-{int(rng.integers(args.members))}" if known else f"new-{int(rng.integers(10**9))}"
+            q = RecommendQuery(member, random_context(rng), limit=5)
+            t = time.perf_counter()
+            await recs[flag].recommend(q)
+            if i >= args.warmup:
+                totals[flag].append((time.perf_counter() - t) * 1e3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        tmp.cleanup()
+    off99, on99 = pct(totals[False], 99), pct(totals[True], 99)
+    return {
+        "shadow_share": args.shadow_share,
+        "requests_each": len(totals[False]),
+        "shadow_scored": scorer.scored,
+        "off": {"p50_ms": pct(totals[False], 50), "p99_ms": off99},
+        "on": {"p50_ms": pct(totals[True], 50), "p99_ms": on99},
+        "p99_added_pct": round(100.0 * (on99 - off99) / off99, 2),
+        "target_p99_added_pct": 5.0,
+    }
 
 
 async def _guard_compare(
@@ -212,6 +294,13 @@ async def _guard_compare(
     }
 
 
+def _load_bytes(model_bytes: bytes, version: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model_bytes)
+        return load_model(path, version)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=3000)
@@ -221,6 +310,10 @@ def main() -> None:
     parser.add_argument("--scorer", choices=["auto", "onnx", "compiled"], default="auto")
     parser.add_argument("--cpu", type=int, default=0, help="CPU to pin this process to (-1: no pinning)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--shadow", action="store_true", help="also 200 candidates without and with a shadow model, one run"
+    )
+    parser.add_argument("--shadow-share", type=float, default=0.1, help="share of requests shadow-scored")
     parser.add_argument(
         "--fairness-guard-compare",
         action="store_true",

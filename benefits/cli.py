@@ -17,9 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def _add_groups() -> None:
-    from benefits.experiment_cli import experiment
+    from benefits.experiment_cli import experiment, shadow
 
     app.add_typer(experiment, name="experiment")
+    app.add_typer(shadow, name="shadow")
 
 
 _add_groups()

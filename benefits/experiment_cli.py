@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -70,3 +71,20 @@ def report_command(
             else ""
         )
         typer.echo(f"  {arm} vs {out['control']}: {diff}{c['verdict']}")
+
+
+shadow = typer.Typer(no_args_is_help=True, help="Shadow models: compare their slates with the live ones.")
+
+
+@shadow.command("report")
+def shadow_report_command(
+    log: Annotated[Path, typer.Option(help="The shadow log (BENEFITS_SHADOW_LOG_PATH).")],
+    k: Annotated[int, typer.Option(help="Slate depth compared.")] = 5,
+) -> None:
+    """overlap@k, Kendall's tau over the offers both slates share, and both score distributions (JSON)."""
+    from training.shadow_report import load, report
+
+    if not log.exists():
+        typer.echo(f"error: {log} does not exist", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(report(load(log), k), indent=2))

@@ -45,6 +45,7 @@ from service.model import ModelHolder
 from service.policy import policy_from
 from service.publisher import Publisher
 from service.recommend import Recommender
+from service.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         res.recommender.experiments = experiments
         res.feedback.experiments = experiments
+        shadow = None
+        if settings.shadow_log_path is not None:
+            shadow = ShadowScorer(settings.shadow_log_path, settings.shadow_queue_max, policy, metrics)
+            res.recommender.shadow = shadow
         metrics.business.bind(lambda: catalog.current, policy.objective)
         counted: set[tuple[str, int]] = set()
         await asyncio.to_thread(models.refresh)
@@ -217,6 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("store epoch unreadable at start (%s): the poller takes it once Redis is back", exc)
         tasks = [
             asyncio.create_task(_every(1.0, "store epoch check", epoch.check)),
+            *([asyncio.create_task(shadow.run())] if shadow is not None else []),
             asyncio.create_task(_every(settings.experiment_poll_seconds, "experiment poll", poll_experiment)),
             asyncio.create_task(_every(settings.model_poll_seconds, "model poll", poll_models)),
             asyncio.create_task(_every(settings.catalog_poll_seconds, "catalog poll", poll_catalog)),

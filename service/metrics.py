@@ -120,6 +120,12 @@ class Metrics:
         )
         #: Stock, budget and claims per offer (bounded labels; service.business_metrics).
         self.business = BusinessMetrics(r)
+        self.shadow = Counter(
+            "benefits_shadow_total",
+            "Shadow-model rankings by outcome (scored, skipped: queue full, error)",
+            ["outcome"],
+            registry=r,
+        )
         self._model_version: str | None = None
 
     def observe_stage(self, stage: str, ms: float) -> None:

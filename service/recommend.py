@@ -49,6 +49,7 @@ from service.experiment_runtime import ExperimentRuntime
 from service.metrics import Metrics
 from service.model import ModelHolder
 from service.ranking import Mode, Policy, Ranking, rank
+from service.shadow import ShadowItem, ShadowScorer
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("service.requests")
@@ -163,6 +164,8 @@ class Recommender:
         self._shed: tuple[tuple[int, int], bytes] | None = None
         #: The running experiment (set by the app's lifespan); None = every member gets the promoted model.
         self.experiments: ExperimentRuntime | None = None
+        #: Scores the experiment's shadow model off the answer (set by the lifespan when logging is on).
+        self.shadow: ShadowScorer | None = None
 
     def shed_answer(self) -> bytes:
         """The answer given to a recommend request refused by the in-flight limit: a 200 with the
@@ -277,7 +280,26 @@ class Recommender:
             self._account(q, body, ranking, read_ms, total_ms)
             if arm is not None and self.experiments is not None:
                 self.experiments.count(arm, "views")
+        if self.shadow is not None and ranking is not None and snap is not None and cause is None:
+            self._offer_shadow(request_id, now, arm, snap, state, q, mode, version, ranking)
         return body
+
+    def _offer_shadow(
+        self, request_id: str, now: float, arm: str | None, snap: CatalogSnapshot, state: MemberState,
+        q: RecommendQuery, mode: Mode, version: str | None, ranking: Ranking,
+    ) -> None:  # fmt: skip
+        shadow = self.experiments.shadow if self.experiments is not None else None
+        if shadow is None or self.shadow is None or mode not in (Mode.PERSONALISED, Mode.COLD_START):
+            return
+        model, share = shadow
+        if self.shadow.sampled(share):
+            items = ranking.items
+            self.shadow.offer(
+                ShadowItem(
+                    request_id, now, arm, snap, state, q.context, q.limit, mode, model, version,
+                    [it.offer_id for it in items], [it.score for it in items],
+                )
+            )  # fmt: skip
 
     def _account(
         self,

@@ -4,6 +4,7 @@ by feedback events, counted per arm in Prometheus and in the shared store."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from infra.settings import Settings
 from service.app import create_app
 from tests.service.conftest import ADMIN, SF, running, wait_for
 from tests.service.test_feedback import consume
+from training import shadow_report
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -130,3 +132,29 @@ async def test_a_bad_declaration_is_a_422_naming_the_field(client: httpx.AsyncCl
     body = {"experiment_id": "e", "arms": [{"name": "t", "share": 1.5}]}
     r = await client.put("/v1/admin/experiment", json=body, headers=ADMIN)
     assert r.status_code == 422 and "arms.0.share" in r.text
+
+
+async def test_shadow_model_is_logged_beside_the_live_slate(xp_settings: Settings, tmp_path: Path) -> None:
+    log_path = tmp_path / "shadow.jsonl"
+    settings = xp_settings.model_copy(update={"shadow_log_path": log_path, "kafka_bootstrap": None})
+    app = create_app(settings)
+    async with running(app) as c:
+        body = {"experiment_id": "sh", "arms": [{"name": "all", "share": 1.0}],
+                "shadow": {"model_version": "v2", "sample_share": 1.0}}  # fmt: skip
+        assert (await c.put("/v1/admin/experiment", json=body, headers=ADMIN)).status_code == 200
+        for i in range(20):
+            answer = await recommend(c, f"sh{i}")
+            assert answer["model_version"] == "v1" and "shadow" not in answer
+
+        async def logged() -> bool:
+            return app.state.resources.recommender.shadow.scored >= 20
+
+        assert await wait_for(logged, timeout_s=10)
+    records = shadow_report.load(log_path)
+    assert len(records) == 20
+    assert {(r["live"]["model_version"], r["shadow"]["model_version"]) for r in records} == {("v1", "v2")}
+    out = shadow_report.report(records, k=5)
+    assert 0.0 <= out["overlap@5"] <= 1.0 and out["requests"] == 20
+    assert out["scores"]["live"]["n"] == out["scores"]["shadow"]["n"] == 100
+    # Two different models: some slates differ, and the shared offers' order is compared.
+    assert out["identical_slates"] < 1.0 and out["kendall_tau_requests"] > 0
