@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     #: dead-lettered ``event_ts_future`` by the worker); older than member_ttl_seconds: ``event_ts_expired``.
     event_max_future_skew_seconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 300
     default_limit: Annotated[int, Field(ge=1, le=50)] = 5
+    #: Share of ordinary recommend requests that get a ``service.requests`` line; degraded, slow (over
+    #: the deadline) and refused (>= 400) requests are always logged (service.request_log).
+    request_log_sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     #: Never offer a member a strictly worse version of an offer family than a lower tier gets in the
     #: same context (service.fairness_guard); withheld offers are counted and explained.
     fairness_guard_enabled: bool = False

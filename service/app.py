@@ -45,6 +45,7 @@ from service.model import ModelHolder
 from service.policy import policy_from
 from service.publisher import Publisher
 from service.recommend import Recommender
+from service.request_log import RefusalLog
 from service.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.member_hash_salt.get_secret_value().encode(),
         )
         res.recommender.experiments = experiments
+        res.recommender.log_sample_rate = settings.request_log_sample_rate
         res.feedback.experiments = experiments
         shadow = None
         if settings.shadow_log_path is not None:
@@ -326,4 +328,6 @@ def create_app(settings: Settings) -> FastAPI:
         body_read_timeout_ms=settings.body_read_timeout_ms,
         in_flight=in_flight,
     )
+    # Outermost: every refused answer (>= 400), from any layer, gets a log line (service.request_log).
+    app.add_middleware(RefusalLog)  # type: ignore[arg-type]
     return app

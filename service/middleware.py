@@ -26,6 +26,7 @@ Health and metrics endpoints are exempt so that probes still answer under overlo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -40,6 +41,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_requests_log = logging.getLogger("service.requests")
 
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 RECOMMEND = "/v1/recommend"
@@ -157,6 +160,8 @@ class EdgeLimits:
                     self.metrics.rejected.labels(cause="overloaded_degraded").inc()
                     self.metrics.degraded.labels(cause="overloaded").inc()
                     await _send(send, 200, shed)
+                    # A degraded answer is always logged (service.request_log): no sampling here.
+                    _requests_log.info("recommend", extra={"fields": {"degraded_cause": "overloaded"}})
                     return
             self.metrics.rejected.labels(cause="overloaded").inc()
             await _reply(send, 503, "overloaded", "too many requests in flight; retry shortly")

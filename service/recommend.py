@@ -49,6 +49,7 @@ from service.experiment_runtime import ExperimentRuntime
 from service.metrics import Metrics
 from service.model import ModelHolder
 from service.ranking import Mode, Policy, Ranking, rank
+from service.request_log import sampled
 from service.shadow import ShadowItem, ShadowScorer
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class Recommender:
         self.rng = np.random.default_rng(seed)
         self.default_limit = default_limit
         self.default_locale = default_locale
+        #: Share of ordinary (not degraded, not slow) requests that get a log line (service.request_log).
+        self.log_sample_rate = 1.0
         #: (catalog version, minute) -> the shed answer's bytes; rebuilt when either changes.
         self._shed: tuple[tuple[int, int], bytes] | None = None
         #: The running experiment (set by the app's lifespan); None = every member gets the promoted model.
@@ -320,9 +323,12 @@ class Recommender:
             m.fairness_guard_blocked.inc(ranking.guard_blocked)
         m.candidates.observe(body["candidates"])
         m.eligible.observe(body["eligible"])
-        if total_ms > self.deadline_s * 1e3:
+        slow = total_ms > self.deadline_s * 1e3
+        if slow:
             m.deadline_exceeded.inc()
-        if request_log.isEnabledFor(logging.INFO):
+        # Sampled, except degraded and slow answers, which are always logged (service.request_log).
+        always = slow or body["degraded_cause"] is not None
+        if request_log.isEnabledFor(logging.INFO) and (always or sampled(self.log_sample_rate)):
             items = body["offers"]
             # One structured line per request; infra.logs.JsonFormatter merges "fields" into it.
             request_log.info(
@@ -345,6 +351,8 @@ class Recommender:
                         "slate_propensity": float(np.prod([it["propensity"] for it in items])),
                         "reasons": [[r["code"] for r in it["reasons"]] for it in items],
                         "ms": {k: round(v, 3) for k, v in stages.items()},
+                        # The share of such lines kept (1.0 for degraded / slow ones): weight by 1/rate.
+                        "sample_rate": 1.0 if always else self.log_sample_rate,
                     }
                 },
             )
