@@ -14,10 +14,11 @@ from fastapi.routing import APIRoute
 from harness import reliability as rel
 from harness.embedded import Service
 from service.app import create_app
-from service.deps import require_admin, require_storefront
+from service.deps import require_admin, require_recommend_scope, require_storefront
 from tests.service.conftest import ADMIN, SF, make_settings, running
 
-SCOPE_DEPS = {require_storefront: "storefront", require_admin: "admin"}
+#: Recommend takes storefront keys (and support/admin keys for explain only: service.auth.check_explain).
+SCOPE_DEPS = {require_storefront: "storefront", require_admin: "admin", require_recommend_scope: "storefront"}
 
 
 def _scopes(route: APIRoute) -> set[str]:
