@@ -55,7 +55,7 @@ import orjson
 
 from benchmarks._common import machine_info, write_result
 from features.demo_catalog import demo_catalog
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA
+from features.projection import DEFAULT_SPEC, FEATURE_NAMES
 from harness import stack
 from harness.embedded import Service, free_port, start_redis
 from harness.members import simulate_members, write_states
@@ -185,7 +185,7 @@ def build_registry(root: Path, trees: int, leaves: int, seed: int) -> tuple[Regi
     (d / MODEL_FILE).write_bytes(served_onnx(booster).SerializeToString())
     booster.save_model(str(d / LGB_FILE))
     (d / METADATA_FILE).write_text(
-        json.dumps({"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES)})
+        json.dumps({"feature_spec_hash": DEFAULT_SPEC.hash, "feature_names": list(FEATURE_NAMES)})
     )
     reg = Registry(root)
     reg.promote("bench")

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from features.taxonomy import load_taxonomy
 from infra.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -70,7 +71,16 @@ def import_(
     data = file.read_bytes()
     kind = fmt or bulk.detect_format(file.name, data)
     try:
-        report, _ = _store_call(settings, lambda store: bulk.run_import(store, data, kind, dry_run=dry_run))
+        report, _ = _store_call(
+            settings,
+            lambda store: bulk.run_import(
+                store,
+                data,
+                kind,
+                dry_run=dry_run,
+                taxonomy=load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path),
+            ),
+        )
     except bulk.ImportFormatError as exc:
         typer.echo(f"error: {file}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -102,14 +102,98 @@ def train(
     data: Annotated[
         Path, typer.Option(help="Simulation directory, or an impressions CSV/Parquet file.")
     ] = Path("var/sim"),
-    events: Annotated[Path | None, typer.Option(help="Event log (JSONL) for a bring-your-own table.")] = None,
+    events: Annotated[
+        Path | None,
+        typer.Option(help="Event log: a JSONL file or an archive directory written by `benefits archive`."),
+    ] = None,
     promote: Annotated[bool, typer.Option(help="Promote the new version when it passes its checks.")] = True,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalogue file (default: catalog.json beside the data).")
+    ] = None,
+    members: Annotated[
+        Path | None, typer.Option(help="Members table (CSV/Parquet): member_id, [event_ts], attributes.")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="Feature specification (JSON); default: the shipped one.")
+    ] = None,
+    history: Annotated[
+        str, typer.Option(help="both (event log + labels), events (log only) or labels (labels only).")
+    ] = "both",
+    split: Annotated[
+        str, typer.Option(help="time (latest slice held out) or member (new members held out).")
+    ] = "time",
+    calibration: Annotated[
+        str, typer.Option(help="platt, isotonic or none (fitted on validation).")
+    ] = "platt",
+    param: Annotated[
+        list[str] | None, typer.Option(help="LightGBM parameter KEY=VALUE (repeatable; overrides --params).")
+    ] = None,
+    params: Annotated[Path | None, typer.Option(help="LightGBM parameters: a JSON object file.")] = None,
 ) -> None:
     """Build point-in-time training rows, train LightGBM, evaluate, export ONNX into the registry."""
-    from training.pipeline import train_command
+    from training.pipeline import TrainOptions, parse_params, train_command
 
     settings = _settings()
-    train_command(settings, data=data, events=events, promote=promote)
+    try:
+        options = TrainOptions(
+            catalog=catalog,
+            members=members,
+            spec=spec,
+            history=history,  # type: ignore[arg-type]
+            split=split,  # type: ignore[arg-type]
+            calibration=calibration,  # type: ignore[arg-type]
+            params=parse_params(params, param or []),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    train_command(settings, data=data, events=events, promote=promote, options=options)
+
+
+@app.command()
+def archive(
+    out: Annotated[
+        Path | None, typer.Option(help="Archive directory (default BENEFITS_ARCHIVE_DIR).")
+    ] = None,
+    idle_exit_seconds: Annotated[
+        float | None, typer.Option(help="Exit after this long without new records (batch runs, tests).")
+    ] = None,
+) -> None:
+    """Archive the member-events topic to Parquet by event date (own consumer group, erasure-aware)."""
+    import asyncio
+
+    from stream.archiver import run_archiver
+
+    settings = _settings()
+    if settings.kafka_bootstrap is None:
+        raise typer.BadParameter("benefits archive needs BENEFITS_KAFKA_BOOTSTRAP")
+    stats = asyncio.run(
+        run_archiver(settings, out or settings.archive_dir, idle_exit_seconds=idle_exit_seconds)
+    )
+    typer.echo(f"archived {stats.archived} events ({stats.invalid} invalid skipped, {stats.erased} erasures)")
+
+
+@app.command("import-model")
+def import_model(
+    booster: Annotated[Path, typer.Argument(help="A LightGBM model text file (Booster.save_model).")],
+    spec: Annotated[
+        Path | None, typer.Option(help="Feature specification its columns follow (default: the shipped one).")
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Catalogue whose taxonomy the specification takes its vocabularies from."),
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Promote it after the checks.")] = False,
+) -> None:
+    """Register an external LightGBM booster whose feature names match a specification (ONNX, parity)."""
+    from training.import_model import import_booster
+
+    settings = _settings()
+    try:
+        version = import_booster(Path(settings.registry_dir), booster, spec, catalog, promote=promote)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"registered {version}{' (promoted)' if promote else ''}")
 
 
 @app.command()

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import typer
 
+from features.spec import load_spec
+from features.taxonomy import load_taxonomy, spec_for_taxonomy
 from infra.registry import POINTER_MOVES, Registry, RegistryError
 from infra.settings import Settings
 from service.errors import ModelRefused
@@ -20,7 +22,9 @@ from service.promotion import check_version
 def _checked(settings: Settings, reg: Registry, version: str) -> list[str] | None:
     """The checks ``version`` passed, or None after printing why it was refused (and recording it)."""
     try:
-        _, checks = check_version(reg, version, settings.scorer_runtime, settings.scorer_cache_dir)
+        taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
+        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy)
+        _, checks = check_version(reg, version, settings.scorer_runtime, settings.scorer_cache_dir, spec)
     except ModelRefused as exc:
         reg.record("refused", version, previous=reg.promoted(), reason=f"{exc.reason}: {exc.detail}")
         typer.echo(

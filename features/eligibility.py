@@ -213,10 +213,16 @@ def evaluate(
         for i, allowed in table.regions.items():
             region_bad[i] = state.region not in allowed
         fail("region", region_bad)
+    # A value outside the lists ("other": one the specification does not know) passes only offers
+    # without that restriction: a restriction means "only these".
     if context.channel in CHANNELS:
         fail("channel", ~table.channel_ok[:, CHANNELS.index(context.channel)])
+    else:
+        fail("channel", ~np.all(table.channel_ok, axis=1))
     if context.page_type in PAGE_TYPES:
         fail("page_type", ~table.page_ok[:, PAGE_TYPES.index(context.page_type)])
+    else:
+        fail("page_type", ~np.all(table.page_ok, axis=1))
     month = datetime.fromtimestamp(now, UTC).month
     if state.birth_month != month:
         fail("birthday_month", table.birthday_only)

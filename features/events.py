@@ -170,12 +170,24 @@ class ConsentChanged(_Event, tag="consent_changed", frozen=True):
     personalization: bool
 
 
+AttributeName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+AttributeText = Annotated[str, msgspec.Meta(max_length=128)]
+#: A declared member attribute's value: text (categorical), number, boolean, a list of text, or null
+#: (the attribute is unset). Which attributes become features, and how, the specification says.
+AttributeValue = (
+    AttributeText | float | bool | Annotated[list[AttributeText], msgspec.Meta(max_length=32)] | None
+)
+
+
 class ProfileUpdated(_Event, tag="profile_updated", frozen=True):
-    """Slow-moving attributes the storefront knows at sign-up (birthday month, region, join date)."""
+    """Slow-moving attributes the storefront knows at sign-up (birthday month, region, join date) and the
+    business's own typed member attributes (``attributes``: age band, household, habits, ...), each one
+    last-writer-wins by event time."""
 
     birth_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
     region: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     joined_ts: Timestamp | None = None
+    attributes: Annotated[dict[AttributeName, AttributeValue], msgspec.Meta(max_length=64)] | None = None
 
 
 Event = (

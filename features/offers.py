@@ -16,7 +16,9 @@ from features.events import PAGE_TYPES, TIERS, PageType, Tier
 OfferKind = Literal["coupon", "benefit", "consult"]
 OFFER_KINDS: tuple[str, ...] = OfferKind.__args__  # type: ignore[attr-defined]
 
-#: Subtypes per kind. The ranker sees the subtype as a categorical code (its index here).
+#: The demo shop's subtypes per kind and categories (:data:`features.taxonomy.DEMO_TAXONOMY`). They
+#: are the default, not a fixed list: an operator's catalogue declares its own taxonomy, and offers are
+#: checked against it where they enter the catalogue (:meth:`features.taxonomy.Taxonomy.check`).
 SUBTYPES: dict[str, tuple[str, ...]] = {
     "coupon": ("threshold", "no_threshold", "shipping", "category", "limited"),
     "benefit": (
@@ -32,8 +34,6 @@ SUBTYPES: dict[str, tuple[str, ...]] = {
 }
 ALL_SUBTYPES: tuple[str, ...] = tuple(s for k in OFFER_KINDS for s in SUBTYPES[k])
 
-#: Product categories known to the features. Member affinity is tracked per category; an event for a
-#: category outside this list is folded into ``other``.
 CATEGORIES: tuple[str, ...] = (
     "baby",
     "beauty",
@@ -157,9 +157,11 @@ class Offer(BaseModel):
 
     offer_id: OfferId
     kind: OfferKind
-    subtype: str
+    subtype: Annotated[str, Field(min_length=1, max_length=48)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
-    category: str | None = None
+    category: Annotated[str, Field(min_length=1, max_length=48)] | None = None
+    #: The operator's labels (e.g. "weekend", "new_member"); features may test for one.
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=48)]], Field(max_length=32)] = []
     #: What the member gets, in currency (discount amount, or estimated worth of a benefit/consult).
     value: Annotated[float, Field(ge=0, le=1e6)] = 0.0
     #: Minimum basket for threshold coupons, in currency; 0 when there is none.
@@ -214,12 +216,6 @@ class Offer(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Offer:
-        if self.subtype not in SUBTYPES[self.kind]:
-            raise ValueError(
-                f"subtype {self.subtype!r} is not one of {SUBTYPES[self.kind]} for kind {self.kind}"
-            )
-        if self.category is not None and self.category not in CATEGORY_INDEX:
-            raise ValueError(f"category {self.category!r} is not one of {CATEGORIES}")
         if self.budget is not None and self.cost <= 0:
             raise ValueError("a budgeted offer needs a positive cost")
         if (self.campaign_start_ts is None) != (self.campaign_end_ts is None):

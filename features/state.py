@@ -27,7 +27,6 @@ import msgspec
 
 from features import events as ev
 from features.decay import Decayed
-from features.offers import CATEGORY_INDEX
 
 #: Event kinds with a decayed count and a recency in the state.
 COUNTED_KINDS: tuple[str, ...] = (
@@ -66,6 +65,10 @@ GROWTH_BUCKET_SECONDS = 7 * 86400.0
 GROWTH_BUCKETS_KEPT = 56
 #: Points lots with an expiry kept per member (a snapshot from ``points_changed``).
 POINTS_LOTS_KEPT = 32
+#: Categories are the operator's (any name an event carries); a member keeps at most this many.
+MAX_CATEGORIES_TRACKED = 48
+#: Declared member attributes kept per member (``profile_updated`` events).
+MAX_ATTRIBUTES = 64
 
 
 class OfferInteraction(msgspec.Struct, array_like=True, gc=False):
@@ -97,6 +100,14 @@ class OfferInteraction(msgspec.Struct, array_like=True, gc=False):
 class _Attr(msgspec.Struct, array_like=True, gc=False):
     """A last-writer-wins attribute stamped with the event time and id that set it."""
 
+    ts: float = 0.0
+    event_id: str = ""
+
+
+class Attribute(msgspec.Struct, array_like=True, gc=False):
+    """One declared member attribute, last-writer-wins by (event_ts, event_id) per attribute."""
+
+    value: ev.AttributeValue = None
     ts: float = 0.0
     event_id: str = ""
 
@@ -157,6 +168,8 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     offers: dict[str, OfferInteraction] = {}
     #: (event_ts, event id hash) of the latest applied events, ascending, at most APPLIED_IDS_KEPT.
     applied: list[tuple[float, int]] = []
+    #: Attributes the business declares (``profile_updated.attributes``), read by the specification.
+    attributes: dict[str, Attribute] = {}
 
 
 def new_state(member_id: str) -> MemberState:
@@ -172,15 +185,13 @@ def _newer(attr: _Attr, event: ev._Event) -> bool:
     return False
 
 
-def _category(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    return raw if raw in CATEGORY_INDEX else "other"
-
-
 def _bump(table: dict[str, Decayed], key: str, ts: float, weight: float = 1.0) -> None:
     counter = table.get(key)
     if counter is None:
+        if len(table) >= MAX_CATEGORIES_TRACKED:
+            # Evict the category updated longest ago; ties broken by name so eviction is deterministic.
+            oldest = min(table.items(), key=lambda kv: (kv[1].ref_ts, kv[0]))[0]
+            del table[oldest]
         counter = table[key] = Decayed()
     counter.add(ts, weight)
 
@@ -188,6 +199,26 @@ def _bump(table: dict[str, Decayed], key: str, ts: float, weight: float = 1.0) -
 def _latest(table: dict[str, float], key: str, ts: float) -> None:
     if ts > table.get(key, 0.0):
         table[key] = ts
+
+
+def _browsed(state: MemberState, cat: str, ts: float, weight: float) -> None:
+    _bump(state.cat_interest, cat, ts, weight)
+    _latest(state.cat_last_ts, cat, ts)
+    if len(state.cat_last_ts) > MAX_CATEGORIES_TRACKED:
+        # Same bound as the interest counters: forget the times of categories they evicted.
+        for c in [c for c in state.cat_last_ts if c not in state.cat_interest]:
+            del state.cat_last_ts[c]
+
+
+def _set_attributes(state: MemberState, event: ev.ProfileUpdated) -> None:
+    for name, value in (event.attributes or {}).items():
+        attr = state.attributes.get(name)
+        if attr is None:
+            if len(state.attributes) >= MAX_ATTRIBUTES:
+                continue  # bounded blob; the decoder already caps one event's attributes
+            attr = state.attributes[name] = Attribute()
+        if (event.event_ts, event.event_id) >= (attr.ts, attr.event_id):
+            attr.value, attr.ts, attr.event_id = value, event.event_ts, event.event_id
 
 
 def _interaction(state: MemberState, offer_id: str) -> OfferInteraction:
@@ -271,14 +302,10 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
 
     match event:
         case ev.PageView(category=cat) | ev.Search(category=cat):
-            c = _category(cat)
-            if c is not None:
-                _bump(state.cat_interest, c, ts)
-                _latest(state.cat_last_ts, c, ts)
+            if cat is not None:
+                _browsed(state, cat, ts, 1.0)
         case ev.AddToCart(category=cat):
-            c = _category(cat) or "other"
-            _bump(state.cat_interest, c, ts, 3.0)
-            _latest(state.cat_last_ts, c, ts)
+            _browsed(state, cat, ts, 3.0)
         case ev.Order():
             state.spend.add(ts, event.amount)
             state.items.add(ts, float(event.items))
@@ -287,7 +314,7 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
             if event.coupon_id is not None:
                 state.orders_with_coupon += 1
                 state.discount_total += event.discount
-            for c in {_category(c) or "other" for c in event.categories}:
+            for c in sorted(set(event.categories)):
                 _bump(state.cat_orders, c, ts)
             _grow(state, ts, event.amount)
         case ev.CouponClaim():
@@ -354,6 +381,8 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
                     state.region = event.region
                 if event.joined_ts is not None:
                     state.joined_ts = event.joined_ts
+            # Per attribute, not per event: a partial update never erases what it does not mention.
+            _set_attributes(state, event)
         case _:
             pass
     return state

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from features.projection import FEATURE_INDEX, FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.projection import DEFAULT_SPEC, FEATURE_INDEX, FEATURE_NAMES, N_FEATURES
 from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
 
 
@@ -49,10 +49,10 @@ def synthetic_booster(
 
 def served_onnx(booster: Any) -> Any:
     """``booster`` as the served ONNX graph, with the feature schema and names in its metadata."""
-    from training.export import set_metadata, to_onnx
+    from training.export import set_metadata, spec_props, to_onnx
 
     model = to_onnx(booster)
-    set_metadata(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
+    set_metadata(model, spec_props(DEFAULT_SPEC))
     return model
 
 
@@ -89,7 +89,7 @@ def model_files() -> dict[str, bytes]:
     good1 = served_onnx(train_booster(1)).SerializeToString()
     good2 = served_onnx(train_booster(2)).SerializeToString()
     mismatched = train_onnx(3, n_trees=5)
-    set_metadata(mismatched, {"feature_schema": "v0:deadbeefdeadbeef", "feature_names": "[]"})
+    set_metadata(mismatched, {"feature_spec_hash": "deadbeefdeadbeef", "feature_names": "[]"})
     return {
         "v1": good1,
         "v2": good2,
@@ -102,7 +102,11 @@ def model_files() -> dict[str, bytes]:
 def build_registry(root: Path) -> Registry:
     """``v1`` (promoted) and ``v2`` good, each with its LightGBM text (the compiled scorer's source);
     ``bad-corrupt``, ``bad-truncated``, ``bad-schema`` refusable."""
-    meta = {"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES), "metrics": {"auc": 0.7}}
+    meta = {
+        "feature_spec_hash": DEFAULT_SPEC.hash,
+        "feature_names": list(FEATURE_NAMES),
+        "metrics": {"auc": 0.7},
+    }
     for version, data in model_files().items():
         d = root / "models" / version
         d.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from features.offers import CATEGORIES
 from infra.redis_layout import RedisLayout
 
 _DEV_KEYS = {"dev-storefront-key", "dev-admin-key"}
@@ -38,6 +37,11 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "member-events-dlq"
     events_partitions: Annotated[int, Field(ge=1, le=1024)] = 4
     consumer_group: str = "benefits-features"
+    #: The archiver's own consumer group (it resumes from the archive's recorded offsets).
+    archive_consumer_group: str = "benefits-archiver"
+    archive_dir: Path = Path("var/archive")
+    archive_batch_max: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
+    archive_flush_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     # --- retention (every Redis key has a TTL)
     member_ttl_seconds: Annotated[int, Field(ge=60)] = 90 * 24 * 3600
@@ -80,6 +84,11 @@ class Settings(BaseSettings):
     scorer_cache_dir: Path | None = None
     catalog_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
     catalog_seed_path: Path | None = None
+    #: The operator's catalogue configuration: a catalogue file ({"taxonomy": ..., "offers": ...}) or a
+    #: bare taxonomy; None = the seed file's taxonomy if it declares one, else the demo shop's.
+    taxonomy_path: Path | None = None
+    #: The feature specification (JSON); None = the shipped default (features/default_spec.json).
+    feature_spec_path: Path | None = None
 
     # --- API
     host: str = "127.0.0.1"
@@ -166,7 +175,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
-    @field_validator("events_topic", "dead_letter_topic", "consumer_group")
+    @field_validator("events_topic", "dead_letter_topic", "consumer_group", "archive_consumer_group")
     @classmethod
     def _kafka_name(cls, v: str) -> str:
         if not v or len(v) > 200 or not all(c.isalnum() or c in "._-" for c in v):
@@ -175,10 +184,12 @@ class Settings(BaseSettings):
 
     @field_validator("sensitive_categories")
     @classmethod
-    def _known_categories(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; known: {list(CATEGORIES)}")
+    def _category_names(cls, v: list[str]) -> list[str]:
+        # Categories are the operator's (the taxonomy is read at start-up, after settings): check the
+        # form here; a name the taxonomy does not declare is logged by the app at start.
+        bad = [c for c in v if not c or len(c) > 48]
+        if bad:
+            raise ValueError(f"category names must be 1-48 characters: {bad}")
         return v
 
     @model_validator(mode="after")

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from features.projection import Context
 from infra.registry import RegistryError
 from service import api, bulk, insight
 from service.deps import ResourcesDep, require_admin
@@ -45,7 +44,9 @@ async def import_offers(
     data = await request.body()
     fmt = format or bulk.detect_format(request.headers.get("content-type", ""), data)
     try:
-        report, applied = await bulk.run_import(res.catalog_store, data, fmt, dry_run=dry_run)
+        report, applied = await bulk.run_import(
+            res.catalog_store, data, fmt, dry_run=dry_run, taxonomy=res.catalog.taxonomy
+        )
     except bulk.ImportFormatError as exc:
         raise Invalid(f"import file refused: {exc}") from None
     if applied:
@@ -128,7 +129,7 @@ async def member_preview(
     c = context or RecommendContext()
     query = RecommendQuery(
         member_id=member_id,
-        context=Context(page_type=c.page_type, category=c.category, device=c.device, channel=c.channel),
+        context=res.catalog.context_vocabulary.normalise(c.page_type, c.category, c.device, c.channel)[0],
         limit=limit,
         explain=True,
     )

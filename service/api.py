@@ -4,6 +4,7 @@ returning dicts through FastAPI's encoder); the response models document them in
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import Annotated, Any
@@ -16,7 +17,6 @@ from redis.exceptions import RedisError
 
 from features.events import InvalidEvent, check_event_time
 from features.offers import Offer
-from features.projection import Context
 from infra.registry import RegistryError
 from infra.settings import Settings
 from service.auth import Scope, check_explain
@@ -38,6 +38,8 @@ from service.promotion import check_version
 from service.recommend import RecommendQuery
 from service.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, MemberId, RecommendRequest
 from service.schemas import RecommendResponse as RecommendResponseModel
+
+log = logging.getLogger(__name__)
 
 _errors: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 403, 404, 409, 413, 422, 503)
@@ -63,6 +65,19 @@ admin = APIRouter(dependencies=[Depends(require_admin)], responses=_errors, tags
 ops = APIRouter(tags=["operations"])
 #: Recommend takes storefront keys, and support/admin keys for ``explain: true`` (service.auth).
 recommend_router = APIRouter(responses=_errors, tags=["storefront"])
+
+
+#: (field, value) pairs already logged: each unknown value is logged once per process (bounded).
+_LOGGED_UNKNOWN: set[tuple[str, str]] = set()
+_LOGGED_UNKNOWN_MAX = 1000
+
+
+def _report_unknown_context(res: Resources, unknown: list[tuple[str, str]]) -> None:
+    for field, value in unknown:
+        res.metrics.context_unknown.labels(field=field).inc()
+        if (field, value) not in _LOGGED_UNKNOWN and len(_LOGGED_UNKNOWN) < _LOGGED_UNKNOWN_MAX:
+            _LOGGED_UNKNOWN.add((field, value))
+            log.warning("context %s=%r is not in the declared vocabulary: ranked as 'other'", field, value)
 
 
 #: The body is decoded by msgspec (service.body), so FastAPI does not see it: document it by hand.
@@ -125,9 +140,12 @@ async def recommend_answer(
     if scope == "storefront":
         check_member_token(res, member_token, body.member_id)
     c = body.context
+    context, unknown = res.catalog.context_vocabulary.normalise(c.page_type, c.category, c.device, c.channel)
+    if unknown:
+        _report_unknown_context(res, unknown)
     query = RecommendQuery(
         member_id=body.member_id,
-        context=Context(page_type=c.page_type, category=c.category, device=c.device, channel=c.channel),
+        context=context,
         limit=body.limit or res.settings.default_limit,
         explain=body.explain,
         locale=negotiate(body.locale, accept_language, res.settings.default_locale),
@@ -185,6 +203,9 @@ async def erase_member(member_id: MemberId, fb: FeedbackDep) -> dict[str, object
 
 
 async def _write_offer(res: ResourcesDep, offer: Offer) -> int:
+    problems = res.catalog.taxonomy.problems(offer)
+    if problems:
+        raise Invalid(f"offer {offer.offer_id}: " + "; ".join(problems))
     # A store error here is a 503 by the app's one store-error handler (service.app).
     version = await res.catalog_store.put(offer)
     await res.catalog.refresh()  # this replica sees it at once; the others within a poll interval
@@ -249,7 +270,11 @@ async def list_models(res: ResourcesDep) -> dict[str, object]:
         except (RegistryError, ValueError):
             meta = {}
         versions.append(
-            {"version": v, "metrics": meta.get("metrics"), "feature_schema": meta.get("feature_schema")}
+            {
+                "version": v,
+                "metrics": meta.get("metrics"),
+                "feature_spec_hash": meta.get("feature_spec_hash", meta.get("feature_schema")),
+            }
         )
     return {**res.models.status(), "versions": versions}
 
@@ -266,7 +291,7 @@ async def promote_model(version: str, res: ResourcesDep) -> dict[str, object]:
         raise NotFound(f"model version {version!r} is not in the registry")
     try:
         model, checks = await asyncio.to_thread(
-            check_version, reg, version, res.models.runtime, res.models.cache_dir
+            check_version, reg, version, res.models.runtime, res.models.cache_dir, res.models.spec
         )
     except ModelRefused as exc:
         res.metrics.model_refused.labels(reason=exc.reason).inc()

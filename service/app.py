@@ -22,6 +22,8 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from features.spec import load_spec
+from features.taxonomy import Taxonomy, load_taxonomy, spec_for_taxonomy
 from infra.epoch_store import StoreEpoch
 from infra.experiment_store import ExperimentStore
 from infra.redis_client import AnyRedis, connect
@@ -82,7 +84,7 @@ async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) ->
 async def _initial_catalog(res: Resources) -> None:
     """Seed an empty catalog, then load it. If Redis is down, serve the seed in process (version 0)."""
     settings = res.settings
-    seed = load_seed(settings.catalog_seed_path, time.time())
+    seed = load_seed(settings.catalog_seed_path, time.time(), res.catalog.taxonomy)
     try:
         if await res.catalog_store.seed_if_empty(seed):
             log.info("catalog was empty: seeded %d offers", len(seed))
@@ -90,7 +92,7 @@ async def _initial_catalog(res: Resources) -> None:
         await res.catalog.refresh_usage()
     except (RedisError, OSError) as exc:
         log.warning("catalog store unreachable at start (%s): serving the seed catalog until it is back", exc)
-        res.catalog.current = build_snapshot(0, seed, time.time())
+        res.catalog.current = build_snapshot(0, seed, time.time(), spec=res.catalog.spec)
 
 
 async def _initial_experiment(experiments: ExperimentRuntime, settings: Settings) -> None:
@@ -136,6 +138,16 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def check_sensitive_categories(categories: list[str], taxonomy: Taxonomy) -> None:
+    """Refuse to start when a sensitive category is not one of the taxonomy's (a typo would silently
+    quote health browsing back to members)."""
+    unknown = sorted(set(categories) - set(taxonomy.categories))
+    if unknown:
+        raise ValueError(
+            f"BENEFITS_SENSITIVE_CATEGORIES: unknown categories {unknown}; known: {taxonomy.categories}"
+        )
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     keys = KeyRing(settings.storefront_api_keys, settings.admin_api_keys, settings.support_api_keys)
@@ -146,9 +158,20 @@ def create_app(settings: Settings) -> FastAPI:
         client = redis_client(settings)
         store = MemberStore(client, settings.layout)
         catalog_store = CatalogStore(client, settings.layout)
-        catalog = CatalogHolder(catalog_store, store)
+        taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
+        # The operator's subtypes (and categories, tags) are the specification's vocabularies: a model
+        # trained on another taxonomy has another hash and is refused.
+        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy)
+        check_sensitive_categories(settings.sensitive_categories, taxonomy)
+        log.info(
+            "feature specification %s (%d features), %d categories",
+            spec.hash,
+            len(spec),
+            len(taxonomy.categories),
+        )
+        catalog = CatalogHolder(catalog_store, store, spec, taxonomy)
         registry = Registry(settings.registry_dir)
-        models = ModelHolder(registry, settings.scorer_runtime, settings.scorer_cache_dir)
+        models = ModelHolder(registry, settings.scorer_runtime, settings.scorer_cache_dir, spec=spec)
         # Feedback waiting on a slow or dead broker may hold at most a quarter of the in-flight slots,
         # so a broker outage cannot get recommend requests shed (service.publisher).
         publisher = Publisher(

@@ -13,28 +13,25 @@ Errors become the service's one 422 shape (a :class:`fastapi.exceptions.RequestV
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import orjson
 from fastapi.exceptions import RequestValidationError
 
-from features.events import ID_PATTERN, PAGE_TYPES
-from features.offers import CATEGORIES
-from features.projection import DEVICES
+from features.events import ID_PATTERN
 from service.i18n import LOCALES, is_supported
 
-PageTypeL = Literal[PAGE_TYPES]  # type: ignore[valid-type]
-CategoryL = Literal[CATEGORIES]  # type: ignore[valid-type]
-DeviceL = Literal[DEVICES]  # type: ignore[valid-type]
-ChannelL = Literal["app", "web", "mini_program"]
+#: A context value (mirrors service.schemas.ContextValue): any short label; which values are known is
+#: the feature specification's business (an unknown one ranks as "other"), only malformed ones are 422.
+ContextValue = Annotated[str, msgspec.Meta(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:&' -]+$")]
 
 
 class ContextBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    page_type: PageTypeL = "home"
-    category: CategoryL | None = None
-    device: DeviceL = "other"
-    channel: ChannelL = "app"
+    page_type: ContextValue | None = None
+    category: ContextValue | None = None
+    device: ContextValue | None = None
+    channel: ContextValue | None = None
 
 
 class RecommendBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

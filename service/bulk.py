@@ -37,6 +37,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from features.offers import Caps, Eligibility, Offer
+from features.taxonomy import DEMO_TAXONOMY, Taxonomy
 from service.catalog import CatalogStore
 
 #: Most rows one import may carry (one request body; the body-size limit applies too).
@@ -126,13 +127,14 @@ def detect_format(name_or_type: str, data: bytes) -> str:
     return "json" if head in (b"[", b"{") else "csv"
 
 
-def parse(data: bytes, fmt: str) -> Parsed:
-    """Validate every row of a CSV or JSON file; raise :class:`ImportFormatError` for an unreadable file."""
+def parse(data: bytes, fmt: str, taxonomy: Taxonomy = DEMO_TAXONOMY) -> Parsed:
+    """Validate every row of a CSV or JSON file (offers outside ``taxonomy`` are refused); raise
+    :class:`ImportFormatError` for an unreadable file."""
     if fmt == "json":
-        return _validate(_json_rows(data), warnings=[])
+        return _validate(_json_rows(data), [], taxonomy)
     if fmt == "csv":
         rows, warnings = _csv_rows(data)
-        return _validate(rows, warnings)
+        return _validate(rows, warnings, taxonomy)
     raise ImportFormatError(f"unknown format {fmt!r}: use csv or json")
 
 
@@ -210,7 +212,7 @@ def _unflatten(flat: dict[str, str | None]) -> dict[str, Any]:
     return out
 
 
-def _validate(rows: list[Any], warnings: list[str]) -> Parsed:
+def _validate(rows: list[Any], warnings: list[str], taxonomy: Taxonomy = DEMO_TAXONOMY) -> Parsed:
     offers: list[tuple[int, Offer]] = []
     refused: list[Refusal] = []
     seen: dict[str, int] = {}
@@ -227,6 +229,13 @@ def _validate(rows: list[Any], warnings: list[str]) -> Parsed:
             offer = Offer.model_validate(raw)
         except ValidationError as exc:
             refused.append(Refusal(n, oid, _errors(exc)))
+            continue
+        problems = taxonomy.problems(offer)
+        if problems:
+            fields = [p.split(" ", 1)[0] for p in problems]
+            refused.append(
+                Refusal(n, oid, [{"field": f, "message": m} for f, m in zip(fields, problems, strict=True)])
+            )
             continue
         first = seen.get(offer.offer_id)
         if first is not None:
@@ -264,13 +273,13 @@ def plan(parsed: Parsed, stored: list[Offer]) -> Plan:
 
 
 async def run_import(
-    store: CatalogStore, data: bytes, fmt: str, *, dry_run: bool
+    store: CatalogStore, data: bytes, fmt: str, *, dry_run: bool, taxonomy: Taxonomy = DEMO_TAXONOMY
 ) -> tuple[dict[str, Any], bool]:
     """Parse, plan against the stored catalogue and (unless ``dry_run``) write: (report, applied).
 
     Raises :class:`ImportFormatError` for an unreadable file. The admin route and the CLI both call this.
     """
-    parsed = parse(data, fmt)
+    parsed = parse(data, fmt, taxonomy)
     version, stored = await store.read_all()
     the_plan = plan(parsed, stored)
     applied = False

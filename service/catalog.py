@@ -25,11 +25,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from features.context import ContextVocabulary
 from features.demo_catalog import demo_catalog
 from features.eligibility import EligibilityTable
 from features.offer_stats import OfferCounters, merge_all
 from features.offers import Offer
-from features.projection import OfferTable
+from features.projection import DEFAULT_SPEC, OfferTable
+from features.spec import FeatureSpec
+from features.taxonomy import DEMO_TAXONOMY, Taxonomy, parse_catalog
 from infra.catalog_store import CatalogStore
 from infra.redis_layout import MemberStore
 
@@ -75,10 +78,11 @@ def build_snapshot(
     now: float,
     stats: dict[str, OfferCounters] | None = None,
     reserved: dict[str, int] | None = None,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> CatalogSnapshot:
     """Column tables for ``offers`` (sorted by id so every replica has the same order)."""
     offers = sorted(offers, key=lambda o: o.offer_id)
-    table = OfferTable(offers)
+    table = OfferTable(offers, spec)
     return _with_usage(version, offers, table, EligibilityTable(offers), now, stats or {}, reserved or {})
 
 
@@ -143,21 +147,35 @@ def _with_usage(
     )
 
 
-def load_seed(path: Path | None, now: float) -> list[Offer]:
-    """Offers to seed an empty catalog: a JSON list of offers at ``path``, else the demo catalog."""
+def load_seed(path: Path | None, now: float, taxonomy: Taxonomy | None = None) -> list[Offer]:
+    """Offers to seed an empty catalog: the catalogue file at ``path`` (checked against ``taxonomy``
+    when given, else against the file's own), else the demo catalog."""
     if path is None:
         # Campaigns started a day ago so the demo catalog is valid right away.
         return demo_catalog(start_ts=float(int(now // 86400) * 86400 - 86400))
-    raw = orjson.loads(Path(path).read_bytes())
-    return [Offer.model_validate(o) for o in raw]
+    declared, offers = parse_catalog(orjson.loads(Path(path).read_bytes()), str(path))
+    if taxonomy is not None and taxonomy != declared:
+        for o in offers:
+            taxonomy.check(o)
+    return offers
 
 
 class CatalogHolder:
     """The current :class:`CatalogSnapshot` of this process, refreshed by a background poller."""
 
-    def __init__(self, store: CatalogStore, members: MemberStore) -> None:
+    def __init__(
+        self,
+        store: CatalogStore,
+        members: MemberStore,
+        spec: FeatureSpec = DEFAULT_SPEC,
+        taxonomy: Taxonomy = DEMO_TAXONOMY,
+    ) -> None:
         self.store = store
         self.members = members
+        #: The feature specification the tables are built for, and the operator's taxonomy.
+        self.spec = spec
+        self.taxonomy = taxonomy
+        self.context_vocabulary = ContextVocabulary.of(spec, taxonomy)
         self.current: CatalogSnapshot | None = None
         self._stats: dict[str, OfferCounters] = {}
         self._reserved: dict[str, int] = {}
@@ -184,7 +202,7 @@ class CatalogHolder:
             if await self.store.seed_if_empty(list(current.offers)):
                 log.warning("catalog store was empty: re-seeded it with %d offers in process", len(current))
             return False
-        self.current = build_snapshot(version, offers, now, self._stats, self._reserved)
+        self.current = build_snapshot(version, offers, now, self._stats, self._reserved, self.spec)
         log.info("catalog version %d installed (%d offers)", version, len(offers))
         return True
 

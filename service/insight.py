@@ -11,7 +11,6 @@ from typing import Any
 
 from features.offer_stats import OfferCounters
 from features.offers import Offer
-from features.projection import FEATURE_NAMES, Context, rows
 from features.state import MemberState
 from service.business_metrics import pacing_now
 from service.catalog import CatalogSnapshot
@@ -19,8 +18,6 @@ from service.metrics import STAGES, Metrics
 from service.objective import Objective
 
 #: Feature-name prefixes that describe the offer or the member x offer pair, not the member.
-_OFFER_SIDE = ("kind_", "subtype_", "offer_", "is_limited", "inventory_", "has_category", "mo_", "cat_")
-_OFFER_SIDE_NAMES = {"threshold_to_basket", "value_to_basket", "page_category_match"}
 
 
 def _r(x: float, nd: int = 4) -> float | None:
@@ -194,19 +191,18 @@ _ATTRIBUTES = (
 )
 
 
-def _member_side(name: str) -> bool:
-    return not name.startswith(_OFFER_SIDE) and name not in _OFFER_SIDE_NAMES
-
-
 def member(state: MemberState, snap: CatalogSnapshot | None, now: float | None = None) -> dict[str, Any]:
     """Attributes, the member-side model features (for a default home-page context), category interest
     and per-offer history with the offer's caps."""
     now = time.time() if now is None else now
-    attributes = {a: getattr(state, a) for a in _ATTRIBUTES if hasattr(state, a)}
+    attributes: dict[str, Any] = {a: getattr(state, a) for a in _ATTRIBUTES if hasattr(state, a)}
+    # The business's declared attributes (profile_updated), as stored.
+    attributes.update({f"attributes.{k}": v.value for k, v in sorted(state.attributes.items())})
     features: dict[str, float | None] = {}
-    if snap is not None and len(snap):
-        row = rows(state, snap.table, Context(), now)[0]
-        features = {n: _r(float(row[j])) for j, n in enumerate(FEATURE_NAMES) if _member_side(n)}
+    if snap is not None:
+        # The member-side columns of the specification the service runs, bound by name.
+        p = snap.table.projection
+        features = {n: _r(float(v)) for n, v in zip(p.member_names, p.member_vector(state, now), strict=True)}
     interest = {
         cat: _r(float(counter.at_index(now, 2)), 3) for cat, counter in sorted(state.cat_interest.items())
     }

@@ -126,6 +126,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.context_unknown = Counter(
+            "benefits_context_value_unknown_total",
+            "Recommend context values outside the declared vocabularies (ranked as 'other'), by field",
+            ["field"],
+            registry=r,
+        )
         self._model_version: str | None = None
 
     def observe_stage(self, stage: str, ms: float) -> None:

@@ -5,9 +5,11 @@ replaces it in a single assignment. A request takes the reference once at its st
 drops or mixes a request: in-flight requests finish on the old session, later ones use the new.
 
 Refusals (the old model keeps serving): file missing, corrupt or truncated (onnxruntime cannot build a
-session), feature schema or feature names different from :data:`features.projection.FEATURE_SCHEMA` /
-``FEATURE_NAMES``, an input that is not ``[N, len(FEATURE_NAMES)]`` float, no probability output, or a
-smoke prediction that is not finite in [0, 1].
+session), a ``feature_spec_hash`` different from the hash of the feature specification the service runs
+(:class:`features.spec.FeatureSpec`; a model from before declared specifications, carrying only the v1
+``feature_schema``, is accepted when the service runs the default specification, which reproduces those
+columns), feature names different from the specification's, an input that is not ``[N, len(spec)]``
+float, no probability output, or a smoke prediction that is not finite in [0, 1].
 
 Runtime (``BENEFITS_SCORER_RUNTIME``): ``auto`` scores with the same trees compiled to native code
 (:mod:`service.scorer`) once they match onnxruntime on varied rows, and falls back to onnxruntime with
@@ -27,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.projection import DEFAULT_SPEC
+from features.spec import FeatureSpec, spec_mismatch
 from infra.registry import LGB_FILE, Registry, RegistryError
 from service.errors import ModelRefused
 from service.scorer import CompiledScorer, ScorerUnavailable, compile_scorer
@@ -54,7 +57,7 @@ class LoadedModel:
         return self.compiled.engine if self.compiled is not None else "onnxruntime"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Positive-class probability per row of ``x`` (float32, shape (n, N_FEATURES))."""
+        """Positive-class probability per row of ``x`` (float32, shape (n, len(spec)))."""
         if self.compiled is not None:
             return self.compiled.predict(x)
         return self.predict_onnx(x)
@@ -87,10 +90,21 @@ def session_options() -> ort.SessionOptions:
     return opts
 
 
+def check_spec(meta: dict[str, str], spec: FeatureSpec) -> None:
+    """Refuse (:class:`ModelRefused` ``schema_mismatch``) a model built for another specification."""
+    why = spec_mismatch(meta, spec)
+    if why is not None:
+        raise ModelRefused("schema_mismatch", why)
+
+
 def load_model(
-    path: Path, version: str, runtime: ScorerRuntime = "onnx", cache_dir: Path | None = None
+    path: Path,
+    version: str,
+    runtime: ScorerRuntime = "onnx",
+    cache_dir: Path | None = None,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> LoadedModel:
-    """Build a session for ``path`` and check it against the running code; raise :class:`ModelRefused`.
+    """Build a session for ``path`` and check it against ``spec``; raise :class:`ModelRefused`.
 
     With ``runtime`` ``auto`` or ``compiled``, also compile the LightGBM text beside it (``model.lgb.txt``)
     into a :class:`~service.scorer.CompiledScorer` (object code cached in ``cache_dir``). Blocking: from
@@ -107,25 +121,24 @@ def load_model(
     except Exception as exc:  # onnxruntime raises several types for bad protobufs / graphs
         raise ModelRefused("corrupt", f"onnxruntime cannot load {path.name}: {str(exc)[:300]}") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
-    schema = meta.get("feature_schema")
-    if schema != FEATURE_SCHEMA:
-        raise ModelRefused("schema_mismatch", f"model feature_schema {schema!r} != code {FEATURE_SCHEMA!r}")
+    check_spec(meta, spec)
+    n_features = len(spec)
     try:
         names = json.loads(meta.get("feature_names", "null"))
     except json.JSONDecodeError:
         names = None
-    if names is not None and tuple(names) != FEATURE_NAMES:
-        raise ModelRefused("schema_mismatch", "model feature_names differ from the code's FEATURE_NAMES")
+    if names is not None and tuple(names) != spec.names:
+        raise ModelRefused("schema_mismatch", "model feature_names differ from the specification's names")
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelRefused("bad_signature", f"expected one input, found {len(inputs)}")
     shape = inputs[0].shape
-    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != N_FEATURES):
-        raise ModelRefused("bad_signature", f"input shape {shape} is not [N, {N_FEATURES}]")
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != n_features):
+        raise ModelRefused("bad_signature", f"input shape {shape} is not [N, {n_features}]")
     output = _probability_output(session)
     model = LoadedModel(version, session, inputs[0].name, output, meta)
     try:
-        probe = model.predict(np.zeros((2, N_FEATURES), dtype=np.float32))
+        probe = model.predict(np.zeros((2, n_features), dtype=np.float32))
     except Exception as exc:
         raise ModelRefused("bad_signature", f"smoke prediction failed: {str(exc)[:300]}") from None
     if probe.shape != (2,) or not np.all(np.isfinite(probe)) or probe.min() < 0.0 or probe.max() > 1.0:
@@ -133,7 +146,7 @@ def load_model(
     if runtime == "onnx":
         return model
     try:
-        compiled = compile_scorer(path.with_name(LGB_FILE), model.predict_onnx, N_FEATURES, cache_dir)
+        compiled = compile_scorer(path.with_name(LGB_FILE), model.predict_onnx, n_features, cache_dir)
     except ScorerUnavailable as exc:
         if runtime == "compiled":
             detail = f"compiled scorer unavailable ({exc.reason}): {exc.detail}"
@@ -169,6 +182,8 @@ class ModelHolder:
     runtime: ScorerRuntime = "onnx"
     cache_dir: Path | None = None
     current: LoadedModel | None = None
+    #: The feature specification this service computes; a model built for another is refused.
+    spec: FeatureSpec = DEFAULT_SPEC
     #: (version, mtime_ns) -> refusal; a refused file is not retried until it changes on disk.
     refused: dict[tuple[str, int], ModelRefused] = field(default_factory=dict)
     swaps: int = 0
@@ -193,7 +208,7 @@ class ModelHolder:
             path = self.registry.model_path(version)
         except RegistryError as exc:
             raise ModelRefused("missing", str(exc)) from None
-        return load_model(path, version, self.runtime, self.cache_dir)
+        return load_model(path, version, self.runtime, self.cache_dir, self.spec)
 
     def install(self, model: LoadedModel) -> None:
         # A single reference assignment: atomic for every reader (see module docstring).

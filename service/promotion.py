@@ -3,14 +3,16 @@
 One function, :func:`check_version`, used by ``benefits promote``, ``benefits rollback`` and the admin
 API's promote route, so every way of moving the pointer checks the same things:
 
-1. the registry has the version and its metadata's ``feature_schema`` is the code's;
+1. the registry has the version and its metadata's feature specification hash is the service's
+   (:func:`features.spec.spec_mismatch`);
 2. it loads as the service loads it (:func:`service.model.load_model`: onnxruntime builds a session,
    the schema and feature names in the file match the code, one ``[N, n_features]`` input, a
    probability output, a finite smoke prediction);
 3. it predicts a probability per row on batches of several sizes of varied rows (a graph that only
    works for the smoke probe's shape is caught here, not by members);
 4. parity: on the same rows its predictions agree with the LightGBM model it was exported from
-   (``model.lgb.txt``) within the tolerance recorded at export (when the LightGBM text is there).
+   (``model.lgb.txt``), through the calibration map the metadata records, within the tolerance recorded
+   at export (when the LightGBM text is there).
 
 A refusal is a :class:`~service.errors.ModelRefused` with a reason code and a sentence; the pointer
 does not move.
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from features.projection import FEATURE_SCHEMA, N_FEATURES
+from features.calibration import Calibration
+from features.projection import DEFAULT_SPEC
+from features.spec import FeatureSpec, spec_mismatch
 from infra.registry import LGB_FILE, Registry, RegistryError
 from service.errors import ModelRefused
 from service.model import LoadedModel, ScorerRuntime, load_model
@@ -34,11 +38,11 @@ BATCH_SIZES = (1, 7, 64, SAMPLE_ROWS)
 DEFAULT_PARITY_TOLERANCE = 1e-5
 
 
-def sample_rows(n: int = SAMPLE_ROWS, seed: int = 12) -> np.ndarray:
+def sample_rows(n: int = SAMPLE_ROWS, seed: int = 12, n_features: int = len(DEFAULT_SPEC)) -> np.ndarray:
     """Varied feature rows (counts-like gamma values, some zero, some large), float32."""
     rng = np.random.default_rng(seed)
-    x = rng.gamma(1.0, 2.0, size=(n, N_FEATURES)).astype(np.float32)
-    x[rng.random((n, N_FEATURES)) < 0.3] = 0.0  # sparse, like real member histories
+    x = rng.gamma(1.0, 2.0, size=(n, n_features)).astype(np.float32)
+    x[rng.random((n, n_features)) < 0.3] = 0.0  # sparse, like real member histories
     x[: n // 8] *= 50.0  # and a tail of heavy members / high values
     return x
 
@@ -48,6 +52,7 @@ def check_version(
     version: str,
     runtime: ScorerRuntime = "onnx",
     cache_dir: Path | None = None,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> tuple[LoadedModel, list[str]]:
     """Load and check ``version``: (the loaded model, the checks passed, in words). Raises
     :class:`ModelRefused` with the first check that failed."""
@@ -58,14 +63,15 @@ def check_version(
         raise ModelRefused("missing", str(exc)) from None
     except ValueError as exc:  # metadata.json is not JSON
         raise ModelRefused("corrupt", f"metadata.json of {version} is unreadable: {exc}") from None
-    declared = meta.get("feature_schema")
-    if declared is not None and declared != FEATURE_SCHEMA:
-        raise ModelRefused(
-            "schema_mismatch", f"metadata feature_schema {declared!r} != code {FEATURE_SCHEMA!r}"
+    if "feature_spec_hash" in meta or "feature_schema" in meta:
+        why = spec_mismatch(
+            {k: str(meta[k]) for k in ("feature_spec_hash", "feature_schema") if k in meta}, spec
         )
-    model = load_model(path, version, runtime, cache_dir)
-    checks = [f"loads ({model.runtime})", f"feature schema {FEATURE_SCHEMA}"]
-    x = sample_rows()
+        if why is not None:
+            raise ModelRefused("schema_mismatch", f"metadata: {why}")
+    model = load_model(path, version, runtime, cache_dir, spec)
+    checks = [f"loads ({model.runtime})", f"feature specification {spec.hash}"]
+    x = sample_rows(n_features=len(spec))
     for n in BATCH_SIZES:
         try:
             p = np.asarray(model.predict(x[:n]), dtype=np.float64)
@@ -85,7 +91,10 @@ def _parity(lgb_path: Path, model: LoadedModel, x: np.ndarray, meta: dict[str, o
 
     try:
         booster = lgb.Booster(model_file=str(lgb_path))
-        want = booster.predict(x.astype(np.float64))
+        want = np.asarray(booster.predict(x.astype(np.float64)), dtype=np.float64)
+        calibration = meta.get("calibration")
+        if isinstance(calibration, dict) and isinstance(calibration.get("map"), dict):
+            want = Calibration.from_dict(calibration["map"]).apply(want)
     except Exception as exc:
         raise ModelRefused("parity", f"{LGB_FILE} cannot be read or scored: {str(exc)[:300]}") from None
     got = np.asarray(model.predict_onnx(x), dtype=np.float64)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from features.eligibility import RULES, evaluate
-from features.projection import OFFER_FEATURES, Context, rows
+from features.projection import Context, rows
 from features.state import MemberState
 from service import fairness_guard as fg
 from service import objective as obj
@@ -109,8 +109,16 @@ assert set(EXCLUSION_SENTENCES) == set(RULES)
 
 _NONE = np.zeros(0, dtype=np.int64)
 
-#: Column of OfferTable.static holding the smoothed claim-rate prior (P(claim) without a model).
-_PRIOR_CLAIM = OFFER_FEATURES.index("offer_prior_claim_rate")
+
+def _prior_scores(snap: CatalogSnapshot, eligible: np.ndarray) -> np.ndarray:
+    """P(claim) without a model: the offer's smoothed claim-rate prior when the feature specification
+    has one (the click-rate prior otherwise, else a constant)."""
+    j = snap.table.prior_column("claim")
+    if j is None:
+        j = snap.table.prior_column("ctr")
+    if j is None:
+        return np.full(len(eligible), 0.02)
+    return snap.table.static[eligible, j].astype(np.float64)
 
 
 def rank(
@@ -157,7 +165,7 @@ def rank(
     elif x is not None and model is not None:
         base = model.predict(x).astype(np.float64)
     else:
-        base = snap.table.static[eligible, _PRIOR_CLAIM].astype(np.float64)
+        base = _prior_scores(snap, eligible)
     t2 = time.perf_counter()
     score = objective_scores(snap, eligible, base, now, policy.objective)
     picks = _slate(snap, eligible, score, limit, policy, rng)
@@ -255,7 +263,7 @@ def _slate(
             return False  # one offer per family, pinned or not: two clones are one offer to the member
         if pinned_l[j]:
             return True  # pinned offers bypass the mix and category rules (they still count toward them)
-        # "No category" is one more category (index len(CATEGORIES)): it obeys the cap like the others.
+        # "No category" is one more category (table.no_category): it obeys the cap like the others.
         if per_cat.get(cats_l[j], 0) >= policy.max_per_category:
             return False
         missing = need_kinds - len(kinds_in)

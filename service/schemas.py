@@ -6,27 +6,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from features.events import PageType
-from features.offers import CATEGORIES, Channel, Offer
-from features.projection import DEVICES
+from features.offers import Offer
 from service.feedback import FeedbackType
 from service.i18n import LOCALES, is_supported
 
 MemberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 OfferIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-# Built from the feature core's tuples so that the API and the features can never disagree.
-CategoryName = Literal[CATEGORIES]  # type: ignore[valid-type]
-Device = Literal[DEVICES]  # type: ignore[valid-type]
+#: A context value: any short label. Which values are known is the feature specification's and the
+#: taxonomy's business (an unknown one ranks as "other", counted and logged once, never a 422); only
+#: malformed values (wrong type, too long, odd characters) are refused here.
+ContextValue = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:&' -]+$")]
 
 
 class RecommendContext(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    page_type: PageType = "home"
-    category: CategoryName | None = None
-    device: Device = "other"
-    channel: Channel = "app"
+    page_type: ContextValue | None = None
+    category: ContextValue | None = None
+    device: ContextValue | None = None
+    channel: ContextValue | None = None
 
 
 class RecommendRequest(BaseModel):

@@ -38,7 +38,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from features import events as ev
 from features.offer_stats import OfferCounters
 from features.offers import Offer
-from features.projection import FEATURE_NAMES, N_FEATURES, Context, OfferTable, rows
+from features.projection import DEFAULT_SPEC, Context, OfferTable, rows
+from features.spec import FeatureSpec
 from features.state import apply, new_state
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class TrainingSet:
     X: np.ndarray
     offers: list[Offer]
     seconds: float = 0.0
+    spec: FeatureSpec = DEFAULT_SPEC
 
     @property
     def y(self) -> np.ndarray:
@@ -246,16 +248,17 @@ def build(
     offers: Sequence[Offer],
     stats_refresh_seconds: float = STATS_REFRESH_SECONDS,
     progress: bool = False,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> TrainingSet:
     """Feature rows for every impression, as of its own time (see the module docstring)."""
     t0 = time.perf_counter()
     offers = list(offers)
     df = prepare_impressions(impressions, offers)
-    table = OfferTable(offers)
+    table = OfferTable(offers, spec)
     n = len(df)
-    X = np.zeros((n, N_FEATURES), dtype=np.float32)
+    X = np.zeros((n, len(spec)), dtype=np.float32)
     if n == 0:
-        return TrainingSet(df, X, offers, 0.0)
+        return TrainingSet(df, X, offers, 0.0, spec)
     ts_all = df["event_ts"].to_numpy()
     bucket = np.floor(ts_all / stats_refresh_seconds) * stats_refresh_seconds
     statics = offer_statics(events, table, bucket)
@@ -311,7 +314,7 @@ def build(
         table.static = base_static
     seconds = time.perf_counter() - t0
     log.info("built %d rows (%d requests, %d members) in %.1fs", n, len(order), len(cuts), seconds)
-    return TrainingSet(df, X, offers, seconds)
+    return TrainingSet(df, X, offers, seconds, spec)
 
 
 def data_hash(paths: Iterable[Path]) -> str:
@@ -326,7 +329,7 @@ def data_hash(paths: Iterable[Path]) -> str:
 
 def feature_frame(ts: TrainingSet) -> pd.DataFrame:
     """The rows as a DataFrame with feature names (for inspection and reports)."""
-    return pd.DataFrame(ts.X, columns=list(FEATURE_NAMES))
+    return pd.DataFrame(ts.X, columns=list(ts.spec.names))
 
 
 def is_finite(x: np.ndarray) -> bool:

@@ -42,7 +42,8 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def ndcg_at_k(y: np.ndarray, s: np.ndarray, groups: np.ndarray, k: int = 5, seed: int = 0) -> float:
-    """Mean NDCG@k over groups with at least one positive (binary gains)."""
+    """Mean NDCG@k over groups with at least one positive and at least two rows (binary gains); NaN when
+    there is no such group (a one-row request has nothing to rank: it would score 1.0 for any scorer)."""
     if len(y) == 0:
         return float("nan")
     tie = np.random.default_rng(seed).random(len(y))
@@ -56,7 +57,8 @@ def ndcg_at_k(y: np.ndarray, s: np.ndarray, groups: np.ndarray, k: int = 5, seed
     # Ideal: positives first within each group.
     pos = np.bincount(groups, weights=y, minlength=int(groups.max()) + 1)
     ideal_disc = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))
-    has = pos > 0
+    sizes = np.bincount(groups, minlength=int(groups.max()) + 1)
+    has = (pos > 0) & (sizes > 1)
     idcg = ideal_disc[np.minimum(pos[has], k).astype(np.int64) - 1]
     return float(np.mean(dcg[has] / idcg)) if has.any() else float("nan")
 
@@ -116,7 +118,9 @@ def evaluate(
     """Metrics for every scorer, overall and per segment; ``margins`` = model minus each baseline."""
     # Compact group ids so that bincount stays small on a test slice.
     _, g = np.unique(groups, return_inverse=True)
-    result: dict[str, Any] = {"overall": {}, "segments": {}}
+    result: dict[str, Any] = {"overall": {}, "segments": {}, "notes": []}
+    if len(g) and int(np.bincount(g).max()) < 2:
+        result["notes"].append("NDCG@5 skipped: every request has a single row, so there is nothing to rank")
     for name, s in scores.items():
         result["overall"][name] = score_metrics(y, s, g)
     if segments is not None:

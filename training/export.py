@@ -1,6 +1,6 @@
 """Export a LightGBM booster to ONNX, prove parity, and write a registry version.
 
-The ONNX graph has one input, ``features`` (float32, ``[None, N_FEATURES]``), and one output,
+The ONNX graph has one input, ``features`` (float32, ``[None, len(spec)]``), and one output,
 ``probability`` (float32, ``[None]``, the positive-class probability). The converter's ``label``
 output is removed: its declared shape does not match what onnxruntime computes, which makes
 onnxruntime log a warning on every run (field notes), and the service has no use for it.
@@ -9,9 +9,10 @@ Parity gate: the export is refused (:class:`ExportError`) unless onnxruntime and
 varied held-out rows within :data:`PARITY_TOLERANCE` (max absolute difference of the probability).
 Varied means real rows from the held-out slice, de-duplicated, not one batch repeated.
 
-``metadata_props`` carry ``feature_names`` (JSON list), ``feature_schema``
-(:data:`features.projection.FEATURE_SCHEMA`), ``schema_version``, ``event_schema_version``,
-``model_version`` and ``output``; the service refuses a model whose schema differs from its code.
+``metadata_props`` carry ``feature_names`` (JSON list), ``feature_spec_hash`` (the hash of the
+:class:`features.spec.FeatureSpec` the rows were built with), ``feature_spec`` (that specification's
+JSON), ``schema_version`` (the specification's version), ``event_schema_version``, ``model_version``
+and ``output``; the service refuses a model whose specification hash differs from the one it runs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from features.calibration import Calibration
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, FEATURE_SCHEMA_VERSION, N_FEATURES
+from features.projection import DEFAULT_SPEC
+from features.spec import FeatureSpec
 from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -76,8 +79,21 @@ def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
     return lgb.Booster(model_str="\n".join(lines))
 
 
-def to_onnx(booster: lgb.Booster, n_features: int = N_FEATURES) -> onnx.ModelProto:
-    """Convert; keep only the positive-class probability as a 1-D output named ``probability``."""
+def spec_props(spec: FeatureSpec) -> dict[str, str]:
+    """The metadata that binds a model to its feature specification (checked by the service)."""
+    return {
+        "feature_names": json.dumps(list(spec.names)),
+        "feature_spec_hash": spec.hash,
+        "feature_spec": json.dumps(spec.canonical(), sort_keys=True, separators=(",", ":")),
+        "schema_version": str(spec.version),
+    }
+
+
+def to_onnx(
+    booster: lgb.Booster, n_features: int = len(DEFAULT_SPEC), calibration: Calibration | None = None
+) -> onnx.ModelProto:
+    """Convert; keep only the positive-class probability as a 1-D output named ``probability``
+    (calibrated by ``calibration`` inside the graph when given)."""
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
 
@@ -93,7 +109,16 @@ def to_onnx(booster: lgb.Booster, n_features: int = N_FEATURES) -> onnx.ModelPro
         raise ExportError(f"converter produced no probability output: {[o.name for o in graph.output]}")
     # Column 1 of [N, 2] -> [N]: Gather on axis 1 with a scalar index.
     graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
-    graph.node.append(helper.make_node("Gather", [prob, "positive_class"], [OUTPUT_NAME], axis=1))
+    raw = OUTPUT_NAME if calibration is None else "uncalibrated_probability"
+    graph.node.append(helper.make_node("Gather", [prob, "positive_class"], [raw], axis=1))
+    if calibration is not None:
+        nodes, inits = calibration.onnx_nodes(raw, OUTPUT_NAME)
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
+        # The calibration uses opset-13 forms (Unsqueeze / ReduceSum with axes as an input).
+        for op in model.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 13:
+                op.version = 13
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None]))
     # Drop nodes whose outputs nobody reads any more (the label branch), so the graph stays clean.
@@ -144,12 +169,19 @@ def parity_rows(X: np.ndarray, n: int = PARITY_ROWS, seed: int = 0) -> np.ndarra
 
 
 def check_parity(
-    booster: lgb.Booster, model_bytes: bytes, X: np.ndarray, tolerance: float = PARITY_TOLERANCE
+    booster: lgb.Booster,
+    model_bytes: bytes,
+    X: np.ndarray,
+    tolerance: float = PARITY_TOLERANCE,
+    calibration: Calibration | None = None,
 ) -> float:
-    """Max |LightGBM - onnxruntime| over ``X``; raise :class:`ExportError` above ``tolerance``."""
+    """Max |LightGBM (then the calibration map) - onnxruntime| over ``X``; raise :class:`ExportError`
+    above ``tolerance``."""
     if len(X) == 0:
         raise ExportError("no rows to check parity on")
     want = booster.predict(X.astype(np.float64))
+    if calibration is not None:
+        want = calibration.apply(np.asarray(want, dtype=np.float64))
     got = onnx_predict(session(model_bytes), X)
     diff = float(np.max(np.abs(want - got)))
     try:
@@ -208,28 +240,42 @@ def export_model(
     version: str,
     extra_props: dict[str, str] | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    spec: FeatureSpec = DEFAULT_SPEC,
+    calibration: Calibration | None = None,
 ) -> tuple[bytes, float]:
     """ONNX bytes with metadata, and the parity max diff (raises :class:`ExportError`)."""
-    if booster.num_feature() != N_FEATURES:
-        raise ExportError(f"booster has {booster.num_feature()} features, the code has {N_FEATURES}")
-    model = to_onnx(booster)
+    check_booster(booster, spec)
+    model = to_onnx(booster, len(spec), calibration)
     props: dict[str, str] = {
-        "feature_names": json.dumps(list(FEATURE_NAMES)),
-        "feature_schema": FEATURE_SCHEMA,
-        "schema_version": str(FEATURE_SCHEMA_VERSION),
+        **spec_props(spec),
         "event_schema_version": str(EVENT_SCHEMA_VERSION),
         "model_version": version,
         "output": OUTPUT_NAME,
+        "calibration": json.dumps(calibration.as_dict() if calibration is not None else None),
         **(extra_props or {}),
     }
     set_metadata(model, props)
     model.producer_name = "benefits-training"
     data = model.SerializeToString()
-    diff = check_parity(booster, data, parity_rows(X_heldout), tolerance)
+    diff = check_parity(booster, data, parity_rows(X_heldout), tolerance, calibration)
     log.info(
         "exported %s: parity max abs diff %.3g on %d rows", version, diff, min(len(X_heldout), PARITY_ROWS)
     )
     return data, diff
+
+
+def check_booster(booster: lgb.Booster, spec: FeatureSpec) -> None:
+    """Refuse a booster whose features are not the specification's columns, in order."""
+    n = booster.num_feature()
+    if n != len(spec):
+        raise ExportError(f"booster has {n} features, the specification ({spec.hash}) has {len(spec)}")
+    names = booster.feature_name()
+    generic = all(name == f"Column_{i}" for i, name in enumerate(names))
+    if not generic and tuple(names) != spec.names:
+        diff = [
+            f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(names, spec.names, strict=True)) if a != b
+        ]
+        raise ExportError(f"booster feature names differ from the specification's: {diff[:5]}")
 
 
 def register(

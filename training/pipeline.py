@@ -46,19 +46,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from features.demo_catalog import demo_catalog
+from features import calibration as calibrate
+from features.calibration import Method
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from features.events import Event
 from features.offers import Offer
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, FEATURE_SCHEMA_VERSION, N_FEATURES
+from features.projection import DEFAULT_SPEC
+from features.spec import FeatureSpec, load_spec, spec_mismatch
+from features.taxonomy import load_catalog_file, spec_for_taxonomy
 from infra.registry import Registry
-from training import dataset, evaluate, export, report, train
-from training.simulate import load_catalog
+from training import byod, dataset, evaluate, export, report, train
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Source:
     kind: str
     description: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The feature specification with the catalogue's vocabularies (set by load_source).
+    spec: FeatureSpec = DEFAULT_SPEC
 
 
 @dataclass
@@ -84,50 +88,89 @@ class Outcome:
     seconds: dict[str, float]
 
 
-def load_source(data: Path, events: Path | None = None) -> Source:
-    """Read a simulation directory or a bring-your-own impressions table (see module docstring)."""
+def load_source(
+    data: Path,
+    events: Path | None = None,
+    *,
+    catalog: Path | None = None,
+    members: Path | None = None,
+    history: byod.History = "both",
+    spec: FeatureSpec | None = None,
+) -> Source:
+    """Read a simulation directory or a bring-your-own impressions table (see module docstring).
+
+    The catalogue (``catalog.json`` in the directory or beside the table, unless ``catalog`` is given)
+    declares the taxonomy; ``spec`` (the default specification when None) takes its vocabularies from it
+    (:func:`features.taxonomy.spec_for_taxonomy`), and so does the returned ``Source.spec``.
+    """
     data = Path(data)
-    if data.is_dir():
+    base_spec = spec or DEFAULT_SPEC
+    if not data.exists():
+        raise byod.DataError(
+            f"{data} does not exist (expected a simulation directory or a CSV/Parquet table)"
+        )
+    cat_path = (
+        Path(catalog) if catalog is not None else (data if data.is_dir() else data.parent) / "catalog.json"
+    )
+    if not cat_path.exists():
+        raise byod.DataError(
+            f"no catalogue: expected {cat_path} (a JSON list of offers or {{taxonomy, offers}}; see README "
+            "'Bring your own data'), or pass --catalog"
+        )
+    taxonomy, offers = load_catalog_file(cat_path)
+    spec = spec_for_taxonomy(base_spec, taxonomy)
+    extra: list[Event] = []
+    if byod.is_archive(data):
+        # The retraining loop: the archive is both the history and, through its impression and claim
+        # events, the impressions table.
+        evs = byod.load_event_source(data)
+        if events is not None:
+            evs = [*evs, *byod.load_event_source(Path(events))]
+        imp = byod.impressions_from_events(evs)
+        meta: dict[str, Any] = {"history": "events"}
+        kind = "archive"
+        files = [cat_path, *sorted(data.glob("event_date=*/part-*.parquet"))]
+    elif data.is_dir():
         imp_path = data / "impressions.parquet"
-        ev_path = events or data / "events.jsonl"
-        cat_path = data / "catalog.json"
+        ev_path = Path(events) if events is not None else data / "events.jsonl"
         meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").exists() else {}
         imp = pd.read_parquet(imp_path)
-        evs = dataset.load_events(ev_path) if ev_path.exists() else []
-        offers = load_catalog(cat_path)
+        evs = byod.load_event_source(ev_path) if ev_path.exists() else []
         kind = str(meta.get("kind", "directory"))
         files = [imp_path, ev_path, cat_path]
     else:
-        if data.suffix.lower() in (".parquet", ".pq"):
-            imp = pd.read_parquet(data)
-        elif data.suffix.lower() in (".csv", ".gz"):
-            imp = pd.read_csv(data)
-        else:
-            raise ValueError(f"{data}: expected a directory, a .csv or a .parquet file")
-        cat_path = data.parent / "catalog.json"
-        if cat_path.exists():
-            offers = load_catalog(cat_path)
-        else:
-            offers = demo_catalog(float(pd.to_numeric(imp["event_ts"], errors="coerce").min() or 0.0))
-        files = [data, *([cat_path] if cat_path.exists() else [])]
+        imp, extra = byod.impression_table(data, spec)
+        files = [data, cat_path]
         meta = {}
         kind = "bring_your_own"
+        logged = byod.load_event_source(events) if events is not None else []
         if events is not None:
-            evs = dataset.load_events(events)
-            files.append(events)
-        else:
-            prepared = dataset.prepare_impressions(imp, offers)
-            evs = dataset.synthesize_events(prepared, offers)
-            imp = prepared.drop(columns=["group"])
-    return Source(imp, evs, offers, [f for f in files if f.exists()], kind, str(data), meta)
+            files.append(Path(events))
+        if events is None and history == "events":
+            raise byod.DataError("history=events needs an event log (--events)")
+        prepared = dataset.prepare_impressions(imp, offers)
+        evs = byod.combine_history(prepared, offers, logged, history if events is not None else "labels")
+        imp = prepared.drop(columns=["group"])
+        meta["history"] = history if events is not None else "labels"
+    if members is not None:
+        extra = [*extra, *byod.members_events(Path(members), spec)]
+        files.append(Path(members))
+    if extra:
+        meta["attribute_events"] = len(extra)
+        evs = [*evs, *extra]
+    src = Source(imp, evs, offers, [f for f in files if f.is_file()], kind, str(data), meta)
+    src.spec = spec
+    return src
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def promoted_scores(registry: Registry, X: np.ndarray) -> tuple[str | None, np.ndarray | None]:
-    """Scores of the currently promoted model on ``X`` (None when none or its schema differs)."""
+def promoted_scores(
+    registry: Registry, X: np.ndarray, spec: FeatureSpec = DEFAULT_SPEC
+) -> tuple[str | None, np.ndarray | None]:
+    """Scores of the currently promoted model on ``X`` (None when none or built for another spec)."""
     version = registry.promoted()
     if version is None:
         return None, None
@@ -135,13 +178,9 @@ def promoted_scores(registry: Registry, X: np.ndarray) -> tuple[str | None, np.n
         data = registry.model_path(version).read_bytes()
         sess = export.session(data)
         meta = dict(sess.get_modelmeta().custom_metadata_map)
-        if meta.get("feature_schema") != FEATURE_SCHEMA:
-            log.warning(
-                "promoted model %s has schema %s, not %s: not compared",
-                version,
-                meta.get("feature_schema"),
-                FEATURE_SCHEMA,
-            )
+        why = spec_mismatch(meta, spec)
+        if why is not None:
+            log.warning("promoted model %s not compared: %s", version, why)
             return version, None
         return version, export.onnx_predict(sess, X)
     except Exception as exc:  # a broken promoted model must not stop training a replacement
@@ -194,23 +233,34 @@ def run(
     title: str | None = None,
     source: Source | None = None,
     min_auc_gain: float = MIN_AUC_GAIN,
+    spec: FeatureSpec | None = None,
+    *,
+    catalog: Path | None = None,
+    members: Path | None = None,
+    history: byod.History = "both",
+    split_by: Literal["time", "member"] = "time",
+    calibration: Method = "platt",
 ) -> Outcome:
     """The whole pipeline; returns the registered version and its evaluation."""
     secs: dict[str, float] = {}
     t = time.perf_counter()
-    src = source or load_source(data, events)
+    src = source or load_source(data, events, catalog=catalog, members=members, history=history, spec=spec)
     secs["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ts = dataset.build(src.impressions, src.events, src.offers, progress=progress)
+    spec = src.spec
+    ts = dataset.build(src.impressions, src.events, src.offers, progress=progress, spec=spec)
     secs["build"] = time.perf_counter() - t
     if len(ts) == 0:
         raise ValueError("no impressions to train on")
     y, tsec, groups, frame = ts.y, ts.ts, ts.groups, ts.frame
 
     t = time.perf_counter()
-    split = train.time_split(tsec)
-    fit = train.train_binary(ts.X, y, split, params=params)
+    if split_by == "member":
+        split = train.member_split(frame["member_id"].to_numpy())
+    else:
+        split = train.time_split(tsec)
+    fit = train.train_binary(ts.X, y, split, params=params, feature_names=spec.names)
     secs["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -218,24 +268,41 @@ def run(
     te = split.test
     registry = Registry(registry_dir)
     offers_col = frame["offer_id"].to_numpy()
+    raw_test = np.asarray(booster.predict(ts.X[te]), dtype=np.float64)
+    calib = (
+        calibrate.fit(np.asarray(booster.predict(ts.X[split.valid])), y[split.valid], calibration)
+        if split.valid.any()
+        else None
+    )
+    ece_before = evaluate.calibration(y[te], raw_test)["ece"]
     scores: dict[str, np.ndarray] = {
-        "model": np.asarray(booster.predict(ts.X[te]), dtype=np.float64),
+        "model": calib.apply(raw_test) if calib is not None else raw_test,
         "popularity": evaluate.popularity(offers_col[split.train], y[split.train], offers_col[te]),
         "random": evaluate.random_scores(int(te.sum()), float(y[split.train].mean())),
     }
-    prev_version, prev = promoted_scores(registry, ts.X[te])
+    prev_version, prev = promoted_scores(registry, ts.X[te], spec)
     if prev is not None:
         scores["promoted"] = prev
     if "true_p" in frame.columns and frame["true_p"].notna().all():
         scores["oracle"] = frame["true_p"].to_numpy(dtype=np.float64)[te]
     segments = frame["segment"].astype(str).to_numpy()[te] if "segment" in frame.columns else None
     result = evaluate.evaluate(y[te], groups[te], scores, segments)
+    ece_after = result["overall"]["model"]["calibration"]["ece"]
+    calib_meta: dict[str, Any] = {
+        "method": calib.method if calib is not None else "none",
+        "fitted_on": "valid",
+        "test_ece_before": ece_before,
+        "test_ece_after": ece_after,
+        **({"map": calib.as_dict()} if calib is not None else {}),
+    }
     secs["evaluate"] = time.perf_counter() - t
     log.info("held-out: %s", evaluate.summary_line(result))
 
     t = time.perf_counter()
     version = export.new_version(booster.model_to_string())
-    model_bytes, parity = export.export_model(booster, ts.X[te] if te.any() else ts.X, version)
+    model_bytes, parity = export.export_model(
+        booster, ts.X[te] if te.any() else ts.X, version, spec=spec, calibration=calib
+    )
     secs["export"] = time.perf_counter() - t
 
     decision = promotion_decision(result, prev_version, prev is not None, min_auc_gain)
@@ -248,13 +315,16 @@ def run(
     metadata: dict[str, Any] = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_names": list(FEATURE_NAMES),
-        "n_features": N_FEATURES,
-        "feature_schema": FEATURE_SCHEMA,
-        "schema_version": FEATURE_SCHEMA_VERSION,
+        "feature_names": list(spec.names),
+        "n_features": len(spec),
+        "feature_spec_hash": spec.hash,
+        "feature_spec": spec.canonical(),
+        "schema_version": spec.version,
         "event_schema_version": EVENT_SCHEMA_VERSION,
-        "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, N_FEATURES]},
+        "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, len(spec)]},
         "objective": "binary",
+        "calibration": calib_meta,
+        "split": split_by,
         "training_window": windows,
         "data": {
             "kind": src.kind,
@@ -283,10 +353,17 @@ def run(
     notes = [
         f"data: {src.kind} ({src.description}), {len(ts):,} impressions, "
         f"{metadata['data']['requests']:,} requests",
-        f"split by time: train {windows['train']['start']} .. {windows['train']['end']}, "
-        f"test {windows['test']['start']} .. {windows['test']['end']} ({windows['test']['rows']:,} rows)",
+        (
+            f"split by time: train {windows['train']['start']} .. {windows['train']['end']}, "
+            f"test {windows['test']['start']} .. {windows['test']['end']} ({windows['test']['rows']:,} rows)"
+            if split_by == "time"
+            else f"split by member: test members never seen in training ({windows['test']['rows']:,} rows)"
+        ),
         f"LightGBM binary, {fit.best_iteration} trees (early stopping on the validation slice)",
+        f"calibration ({calib_meta['method']}, fitted on the validation slice): test ECE "
+        f"{ece_before:.4f} before, {ece_after:.4f} after",
         f"ONNX parity: max abs diff {parity:.2e} (tolerance {export.PARITY_TOLERANCE:g})",
+        *result.get("notes", []),
     ]
     html_text = report.render(title or f"Model {version}", result, y[te], scores, importance, metadata, notes)
     path = export.register(registry, version, model_bytes, booster, metadata, html_text)
@@ -311,12 +388,68 @@ def train_version(registry_dir: Path, data: Path, events: Path | None = None, pr
     return run(registry_dir, data, events, promote=promote, progress=False).version
 
 
-def train_command(settings: Any, data: Path, events: Path | None, promote: bool) -> str:
+@dataclass
+class TrainOptions:
+    """What ``benefits train`` passes beyond the data (see the CLI's help)."""
+
+    catalog: Path | None = None
+    members: Path | None = None
+    spec: Path | None = None
+    history: byod.History = "both"
+    split: Literal["time", "member"] = "time"
+    calibration: Method = "platt"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("history", self.history, ("both", "events", "labels")),
+            ("split", self.split, ("time", "member")),
+            ("calibration", self.calibration, ("platt", "isotonic", "none")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"--{name} {value!r} is not one of {list(allowed)}")
+
+
+def parse_params(path: Path | None, pairs: list[str]) -> dict[str, Any]:
+    """LightGBM parameters from a JSON object file, then KEY=VALUE pairs (values parsed as JSON when
+    they parse, e.g. numbers and booleans, else kept as text)."""
+    out: dict[str, Any] = {}
+    if path is not None:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of LightGBM parameters")
+        out.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def train_command(
+    settings: Any, data: Path, events: Path | None, promote: bool, options: TrainOptions | None = None
+) -> str:
     """Entry point of ``benefits train`` (see the module docstring). Returns the version."""
+    o = options or TrainOptions()
     out = run(
-        Path(settings.registry_dir), data, events, promote=promote, progress=True,
+        Path(settings.registry_dir),
+        data,
+        events,
+        promote=promote,
+        progress=True,
+        params=o.params or None,
+        spec=load_spec(o.spec) if o.spec is not None else None,
+        catalog=o.catalog,
+        members=o.members,
+        history=o.history,
+        split_by=o.split,
+        calibration=o.calibration,
         min_auc_gain=settings.promotion_min_auc_gain,
-    )  # fmt: skip
+    )
     m = out.result["overall"]
     lines = [f"model {out.version} -> {out.path}{' (promoted)' if out.promoted else ''}"]
     if promote:
@@ -325,7 +458,13 @@ def train_command(settings: Any, data: Path, events: Path | None, promote: bool)
     for name, met in m.items():
         lines.append(
             f"  {name:<11} auc {met['auc']:.4f}  logloss {met['logloss']:.4f}  ndcg@5 {met['ndcg@5']:.4f}"
+            f"  ece {met['calibration']['ece']:.4f}"
         )
+    lines.extend(f"  note: {n}" for n in out.result.get("notes", []))
+    cal = out.metadata["calibration"]
+    lines.append(
+        f"  calibration {cal['method']}: test ECE {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f}"
+    )
     lines.append(f"  report: {out.path / export.REPORT_FILE}")
     # User-facing CLI output.
     print("\n".join(lines))

@@ -765,7 +765,10 @@ def simulate_to_dir(
 
 
 def load_catalog(path: Path) -> list[Offer]:
-    return [Offer.model_validate(o) for o in json.loads(Path(path).read_text())]
+    """The offers of a catalogue file (a list of offers, or ``{"taxonomy", "offers"}``), checked."""
+    from features.taxonomy import load_catalog_file
+
+    return load_catalog_file(path)[1]
 
 
 def category_index(name: str | None) -> int:

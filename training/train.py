@@ -21,8 +21,6 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from features.projection import FEATURE_NAMES
-
 log = logging.getLogger(__name__)
 
 #: Two threads: the machines are 2-core and shared with the service under test (field notes).
@@ -78,6 +76,21 @@ def time_split(ts: np.ndarray, train_frac: float = 0.7, valid_frac: float = 0.1)
     return Split(train, valid, test, t1, t2)
 
 
+def member_split(members: np.ndarray, valid_frac: float = 0.1, test_frac: float = 0.2) -> Split:
+    """Masks by member (a stable hash of the id): test members are never seen in training, so the test
+    slice measures how the model ranks *new* members. ``t1``/``t2`` are NaN (no time cut)."""
+    import zlib
+
+    uniq, inverse = np.unique(np.asarray(members).astype(str), return_inverse=True)
+    h = np.array([zlib.crc32(m.encode()) % 10_000 for m in uniq.tolist()], dtype=np.float64)[inverse] / 1e4
+    test = h < test_frac
+    valid = (h >= test_frac) & (h < test_frac + valid_frac)
+    train = ~(test | valid)
+    if not train.any() or not test.any():
+        raise ValueError("too few members for a split by member")
+    return Split(train, valid, test, float("nan"), float("nan"))
+
+
 @dataclass
 class TrainResult:
     booster: lgb.Booster
@@ -93,11 +106,16 @@ def train_binary(
     params: dict[str, Any] | None = None,
     num_boost_round: int = 1000,
     early_stopping_rounds: int = 40,
+    feature_names: list[str] | tuple[str, ...] | None = None,
 ) -> TrainResult:
     """Fit on ``split.train`` with early stopping on ``split.valid`` (log loss)."""
     p = {**DEFAULT_PARAMS, **(params or {})}
     t0 = time.perf_counter()
-    names = list(FEATURE_NAMES) if X.shape[1] == len(FEATURE_NAMES) else [f"f{i}" for i in range(X.shape[1])]
+    if feature_names is None:
+        from features.projection import FEATURE_NAMES
+
+        feature_names = FEATURE_NAMES if X.shape[1] == len(FEATURE_NAMES) else None
+    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(X.shape[1])]
     dtrain = lgb.Dataset(X[split.train], label=y[split.train], feature_name=names, free_raw_data=True)
     callbacks: list[Any] = [lgb.log_evaluation(period=0)]
     valid_sets = []

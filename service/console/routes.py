@@ -22,8 +22,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from features.events import PAGE_TYPES
-from features.offers import CATEGORIES, CHANNELS, OFFER_KINDS, SUBTYPES
+from features.offers import CHANNELS, OFFER_KINDS
 from features.projection import DEVICES
+from features.taxonomy import DEMO_TAXONOMY
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=_HERE / "templates")
@@ -56,11 +57,14 @@ def static_files() -> StaticFiles:
     return StaticFiles(directory=_HERE / "static")
 
 
-def _vocab() -> dict[str, Any]:
+def _vocab(request: Request) -> dict[str, Any]:
+    # The operator's taxonomy when the app has started (the demo shop's otherwise).
+    res = getattr(request.app.state, "resources", None)
+    taxonomy = res.catalog.taxonomy if res is not None else DEMO_TAXONOMY
     return {
         "kinds": OFFER_KINDS,
-        "subtypes": SUBTYPES,
-        "categories": CATEGORIES,
+        "subtypes": taxonomy.subtypes,
+        "categories": taxonomy.categories,
         "page_types": PAGE_TYPES,
         "devices": DEVICES,
         "channels": CHANNELS,
@@ -71,7 +75,7 @@ def _render(request: Request, template: str, page: str) -> Response:
     return templates.TemplateResponse(
         request,
         template,
-        {"page": page, "pages": PAGES, **_vocab()},
+        {"page": page, "pages": PAGES, **_vocab(request)},
         headers=_HEADERS,
     )
 

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from features import events as ev
+from features import state as st
 from features.decay import HALF_LIVES_SECONDS, Decayed
 from features.state import (
     IMPRESSION_TIMES_KEPT,
@@ -188,7 +189,8 @@ def test_counts_recency_and_spend() -> None:
     apply(s, _e(ev.Order, 4, T0 + 30, amount=50.0))
     assert s.counts["page_view"].sums[0] == pytest.approx(1 + 2 ** (-10 / 3600))
     assert s.last_ts["page_view"] == T0 + 10
-    assert set(s.cat_interest) == {"baby", "other"}  # unknown category folds into "other"
+    # Categories are the operator's: the fold keeps any name (the specification reads the ones offers have).
+    assert set(s.cat_interest) == {"baby", "toaster-ovens"}
     assert s.cat_orders["baby"].sums[3] == pytest.approx(1.0)  # once per order, not per line
     assert s.orders_total == 2 and s.spend_total == 150.0
     assert s.orders_with_coupon == 1 and s.discount_total == 10.0
@@ -206,6 +208,47 @@ def test_attributes_are_last_writer_wins_by_event_time() -> None:
     assert fold([started]).paid_member is True
     off = _e(ev.ConsentChanged, 5, T0 + 1, personalization=False)
     assert fold([off]).personalization_consent is False
+
+
+def test_member_attributes_are_last_writer_wins_per_attribute() -> None:
+    a = _e(ev.ProfileUpdated, 1, T0 + 10, attributes={"age_band": "25-34", "kids": True})
+    b = _e(ev.ProfileUpdated, 2, T0, attributes={"age_band": "18-24", "income": 42000.0})
+    c = _e(ev.ProfileUpdated, 3, T0 + 20, attributes={"habits": ["coffee", "travel"], "kids": None})
+    for order in ([a, b, c], [c, b, a], [b, c, a]):
+        s = fold(list(order))
+        values = {k: v.value for k, v in s.attributes.items()}
+        # the later age band wins whatever the arrival order; the older event still sets income (partial
+        # updates never erase what they do not mention); null unsets
+        assert values == {
+            "age_band": "25-34",
+            "income": 42000.0,
+            "kids": None,
+            "habits": ["coffee", "travel"],
+        }
+    s2 = decode_state(encode_state(s))
+    assert s2.attributes["habits"].value == ["coffee", "travel"]
+
+
+def test_profile_attribute_values_are_typed() -> None:
+    good = b'{"type":"profile_updated","event_id":"e","member_id":"m","event_ts":1760000000,"attributes":'
+    assert ev.decode(good + b'{"age":31,"vip":true,"band":"a","tags":["x"]}}').attributes == {
+        "age": 31.0,
+        "vip": True,
+        "band": "a",
+        "tags": ["x"],
+    }
+    with pytest.raises(ev.InvalidEvent):
+        ev.decode(good + b'{"nested":{"no":1}}}')
+    with pytest.raises(ev.InvalidEvent):
+        ev.decode(good + b'{"bad name!":1}}')
+
+
+def test_categories_tracked_per_member_are_bounded() -> None:
+    s = new_state("m1")
+    for i in range(st.MAX_CATEGORIES_TRACKED + 10):
+        apply(s, _e(ev.PageView, i, T0 + i, page_type="category", category=f"c{i:03d}"))
+    assert len(s.cat_interest) == st.MAX_CATEGORIES_TRACKED
+    assert "c000" not in s.cat_interest and f"c{st.MAX_CATEGORIES_TRACKED + 9:03d}" in s.cat_interest
 
 
 def test_impression_fatigue_counts_only_after_last_action() -> None:

@@ -14,13 +14,14 @@ from features.offers import Caps, Eligibility, Offer
 from features.projection import (
     FEATURE_INDEX,
     FEATURE_NAMES,
-    FEATURE_SCHEMA,
+    LEGACY_FEATURE_SCHEMA_V1,
     N_FEATURES,
     Context,
     OfferTable,
     rows,
 )
 from features.state import apply, new_state
+from features.taxonomy import DEMO_TAXONOMY
 
 T0 = 1_760_000_000.0  # 2025-10-09, a Thursday
 CATALOG = demo_catalog(T0 - DAY, n_offers=60)
@@ -34,8 +35,10 @@ def _state_with(events: list[ev.Event]) -> object:
 
 
 def test_feature_names_are_unique_and_versioned() -> None:
-    assert len(set(FEATURE_NAMES)) == N_FEATURES
-    assert FEATURE_SCHEMA.startswith("v1:")
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 62
+    # The default specification reproduces the columns of feature schema v1 exactly (same names, same
+    # order): this value is what every model exported before declared specifications carries.
+    assert LEGACY_FEATURE_SCHEMA_V1 == "v1:ce13b0fe4ed171e9"
 
 
 def test_rows_shape_dtype_and_determinism() -> None:
@@ -183,10 +186,11 @@ def test_per_member_caps_and_cooldowns() -> None:
 
 
 def test_invalid_offers_are_refused_with_a_reason() -> None:
+    # Subtypes and categories are the taxonomy's (tests/core/test_taxonomy.py); the demo one refuses these.
     with pytest.raises(ValueError, match="subtype"):
-        _offer(subtype="free_shipping")
+        DEMO_TAXONOMY.check(_offer(subtype="free_shipping"))
     with pytest.raises(ValueError, match="category"):
-        _offer(category="spaceships")
+        DEMO_TAXONOMY.check(_offer(category="spaceships"))
     with pytest.raises(ValueError, match="valid_to_ts"):
         Eligibility(valid_from_ts=T0, valid_to_ts=T0 - 1)
     with pytest.raises(ValueError, match="extra"):

@@ -196,6 +196,47 @@ def test_k8s_worker_contract() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_k8s_archiver_and_retraining_contract() -> None:
+    objs = _all_k8s()
+    arch = objs[("Deployment", "benefits-archiver")]
+    pod = arch["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["benefits", "archive"]
+    # One writer per archive directory, even during a rollout.
+    assert arch["spec"]["replicas"] == 1 and arch["spec"]["strategy"]["type"] == "Recreate"
+    archive_dir = next(e["value"] for e in c["env"] if e["name"] == "BENEFITS_ARCHIVE_DIR")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert mounts["archive"] == archive_dir and claims["archive"] == "benefits-archive"
+    assert ("PersistentVolumeClaim", "benefits-archive") in objs
+    config = objs[("ConfigMap", "benefits-config")]["data"]
+    assert (
+        config.get("BENEFITS_ARCHIVE_CONSUMER_GROUP", "benefits-archiver")
+        != config["BENEFITS_CONSUMER_GROUP"]
+    )
+    cron = objs[("CronJob", "benefits-retrain")]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (t,) = job["containers"]
+    assert t["args"][:2] == ["benefits", "train"]
+    args = dict(zip(t["args"][2::2], t["args"][3::2], strict=False))
+    tmounts = {m["mountPath"]: m["name"] for m in t["volumeMounts"]}
+    vols = {v["name"]: v for v in job["volumes"]}
+    assert vols[tmounts[args["--data"]]]["persistentVolumeClaim"]["claimName"] == "benefits-archive"
+    assert vols[tmounts["/models"]]["persistentVolumeClaim"]["claimName"] == "benefits-registry"
+    catalogue = args["--catalog"]
+    cm = vols[tmounts[str(Path(catalogue).parent)]]["configMap"]["name"]
+    data = objs[("ConfigMap", cm)]["data"][Path(catalogue).name]
+    from features.taxonomy import parse_catalog
+
+    taxonomy, _ = parse_catalog(json.loads(data))
+    assert taxonomy.categories
+
+
 def test_k8s_references_resolve_and_secrets_are_fake() -> None:
     objs = _all_k8s()
     for kind, name in [("Deployment", "benefits-api"), ("Deployment", "benefits-worker")]:
@@ -336,7 +377,7 @@ def test_compose_settings_validate(role: str, monkeypatch: pytest.MonkeyPatch) -
     assert settings.redis_url and settings.kafka_bootstrap
 
 
-@pytest.mark.parametrize("deployment", ["benefits-api", "benefits-worker"])
+@pytest.mark.parametrize("deployment", ["benefits-api", "benefits-worker", "benefits-archiver"])
 def test_k8s_settings_validate(deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     objs = _all_k8s()
     # The API pod's other container is its nginx proxy, which reads no settings.

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA
+from features.projection import DEFAULT_SPEC, FEATURE_NAMES
 from harness.embedded import Service, free_port
 from harness.testmodel import train_onnx
 from infra.registry import METADATA_FILE, MODEL_FILE, Registry
@@ -48,7 +48,7 @@ def write_version(root: Path, version: str, model_bytes: bytes, meta: dict[str, 
     d.mkdir(parents=True, exist_ok=True)
     (d / MODEL_FILE).write_bytes(model_bytes)
     meta = meta or {
-        "feature_schema": FEATURE_SCHEMA,
+        "feature_spec_hash": DEFAULT_SPEC.hash,
         "feature_names": list(FEATURE_NAMES),
         "metrics": {"auc": 0.7},
     }
@@ -61,7 +61,7 @@ def model_bytes() -> dict[str, bytes]:
     good1 = train_onnx(seed=1).SerializeToString()
     good2 = train_onnx(seed=2).SerializeToString()
     mismatched = train_onnx(seed=3, n_trees=5)
-    set_meta(mismatched, {"feature_schema": "v0:deadbeefdeadbeef", "feature_names": "[]"})
+    set_meta(mismatched, {"feature_spec_hash": "deadbeefdeadbeef", "feature_names": "[]"})
     return {
         "good1": good1,
         "good2": good2,

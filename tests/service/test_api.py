@@ -85,12 +85,22 @@ async def test_explain_lists_excluded_offers_with_reasons(client: httpx.AsyncCli
     assert "excluded" not in await recommend(client, "m1")
 
 
+async def test_unknown_context_values_rank_as_other_and_are_counted(client: httpx.AsyncClient) -> None:
+    body = {"member_id": "m1", "context": {"page_type": "landing", "category": "cars", "device": "fridge"}}
+    r = await client.post("/v1/recommend", json=body, headers=SF)
+    assert r.status_code == 200 and r.json()["offers"], r.text
+    text = (await client.get("/metrics")).text
+    for field in ("page_type", "category", "device"):
+        assert f'benefits_context_value_unknown_total{{field="{field}"}} 1.0' in text
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"member_id": "m1", "context": {"page_type": "landing"}}, "context.page_type"),
-        ({"member_id": "m1", "context": {"category": "cars"}}, "context.category"),
-        ({"member_id": "m1", "context": {"device": "fridge"}}, "context.device"),
+        # Malformed values are refused; unknown but well-formed ones rank as "other" (next test).
+        ({"member_id": "m1", "context": {"page_type": 7}}, "context.page_type"),
+        ({"member_id": "m1", "context": {"category": "c" * 49}}, "context.category"),
+        ({"member_id": "m1", "context": {"device": "fr{dge}"}}, "context.device"),
         ({"member_id": "m1", "limit": 0}, "limit"),
         ({"member_id": "m1", "limit": 51}, "limit"),
         ({"member_id": "m1", "surprise": True}, "surprise"),

@@ -138,8 +138,15 @@ def test_objective_weights_come_from_settings() -> None:
     policy = policy_from(s)
     assert policy.objective == obj.Objective(claim_value=5.0, value_weight=0.5, cost_weight=2.0)
     assert policy.reasons.sensitive_categories == {"health", "baby", "beauty"}
+    # Categories are the operator's taxonomy's: a typo is refused when the app starts with it.
+    from features.taxonomy import DEMO_TAXONOMY
+    from service.app import check_sensitive_categories
+
+    check_sensitive_categories(s.sensitive_categories, DEMO_TAXONOMY)
     with pytest.raises(ValueError, match="unknown categories"):
-        Settings(environment="test", sensitive_categories=["helth"])
+        check_sensitive_categories(
+            Settings(environment="test", sensitive_categories=["helth"]).sensitive_categories, DEMO_TAXONOMY
+        )
 
 
 # --- reasons whose premise holds ---------------------------------------------------------------------------

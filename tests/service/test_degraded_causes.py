@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -21,10 +20,11 @@ import pytest
 import redis
 from onnx import TensorProto, helper
 
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.projection import DEFAULT_SPEC, N_FEATURES
 from harness.embedded import Service, free_port, start_redis
 from infra.registry import Registry
 from tests.service.conftest import SF, live_server, make_settings, set_meta, write_version
+from training.export import spec_props
 
 pytestmark = [pytest.mark.integration]
 
@@ -100,7 +100,7 @@ def fails_on_live_rows() -> bytes:
     graph = helper.make_graph(nodes, "two_rows_only", [x], [y], initializer=[axes, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    set_meta(model, {"feature_schema": FEATURE_SCHEMA, "feature_names": json.dumps(list(FEATURE_NAMES))})
+    set_meta(model, spec_props(DEFAULT_SPEC))
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

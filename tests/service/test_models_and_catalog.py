@@ -34,6 +34,31 @@ def test_bad_models_are_refused_with_a_reason(registry: Registry, version: str, 
     assert exc.value.reason == reason
 
 
+def test_models_are_bound_to_the_spec_hash(tmp_path: Path, model_bytes: dict[str, bytes]) -> None:
+    """A model built for the service's specification loads; one built for another spec, or a model from
+    before declared specifications under a non-default spec, is refused naming the hashes."""
+    import onnx
+
+    from features.projection import DEFAULT_SPEC, FEATURE_NAMES, LEGACY_FEATURE_SCHEMA_V1
+    from tests.service.conftest import set_meta
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model_bytes["good1"])
+    assert load_model(path, "ok").metadata["feature_spec_hash"] == DEFAULT_SPEC.hash
+    other = DEFAULT_SPEC.with_vocabulary("channel", ["app", "web", "mini_program", "kiosk"])
+    with pytest.raises(ModelRefused, match=f"specification's '{other.hash}'") as exc:
+        load_model(path, "ok", spec=other)
+    assert exc.value.reason == "schema_mismatch"
+    legacy = onnx.load_from_string(model_bytes["good1"])
+    set_meta(legacy, {"feature_schema": LEGACY_FEATURE_SCHEMA_V1, "feature_names": str(list(FEATURE_NAMES))})
+    path.write_bytes(legacy.SerializeToString())
+    with pytest.raises(ModelRefused, match="no feature_spec_hash"):
+        load_model(path, "legacy", spec=other)
+    set_meta(legacy, {"feature_schema": LEGACY_FEATURE_SCHEMA_V1})
+    path.write_bytes(legacy.SerializeToString())
+    assert load_model(path, "legacy").version == "legacy"
+
+
 def test_empty_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(b"")
     with pytest.raises(ModelRefused, match="corrupt"):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.projection import DEFAULT_SPEC, FEATURE_NAMES, N_FEATURES
 from harness.testmodel import random_rows, served_onnx, train_booster
 from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
 from infra.settings import Settings
@@ -32,7 +32,7 @@ def _write(root: Path, version: str, onnx_seed: int, lgb_seed: int | None) -> Pa
     d.mkdir(parents=True, exist_ok=True)
     (d / MODEL_FILE).write_bytes(served_onnx(train_booster(onnx_seed)).SerializeToString())
     (d / METADATA_FILE).write_text(
-        json.dumps({"feature_schema": FEATURE_SCHEMA, "feature_names": list(FEATURE_NAMES)})
+        json.dumps({"feature_spec_hash": DEFAULT_SPEC.hash, "feature_names": list(FEATURE_NAMES)})
     )
     if lgb_seed is not None:
         (d / LGB_FILE).write_text(train_booster(lgb_seed).model_to_string())

@@ -12,7 +12,9 @@ import onnx
 import pandas as pd
 import pytest
 
-from features.projection import FEATURE_NAMES, FEATURE_SCHEMA, N_FEATURES
+from features.calibration import Calibration
+from features.projection import DEFAULT_SPEC, FEATURE_NAMES, N_FEATURES
+from features.spec import parse_spec
 from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
 from infra.settings import Settings
 from training import dataset, export, pipeline
@@ -32,27 +34,41 @@ def test_onnx_matches_lightgbm_on_varied_rows(trained: pipeline.Outcome, rows: n
     path = trained.path
     booster = lgb.Booster(model_file=str(path / LGB_FILE))
     sess = export.session((path / MODEL_FILE).read_bytes())
+    # The served graph outputs the calibrated probability: LightGBM's, through the map in the metadata.
+    cal = Calibration.from_dict(trained.metadata["calibration"]["map"])
     x = export.parity_rows(rows, n=3000, seed=1)
     assert len(np.unique(x, axis=0)) == len(x) > 1000
-    np.testing.assert_allclose(export.onnx_predict(sess, x), booster.predict(x), rtol=0, atol=1e-5)
+    want = cal.apply(booster.predict(x))
+    np.testing.assert_allclose(export.onnx_predict(sess, x), want, rtol=0, atol=1e-5)
     # Also rows the model never saw: perturbed copies spanning the feature ranges.
     rng = np.random.default_rng(0)
     noisy = (x * rng.uniform(0.5, 1.5, x.shape)).astype(np.float32)
-    np.testing.assert_allclose(export.onnx_predict(sess, noisy), booster.predict(noisy), rtol=0, atol=1e-5)
+    want = cal.apply(booster.predict(noisy))
+    np.testing.assert_allclose(export.onnx_predict(sess, noisy), want, rtol=0, atol=1e-5)
 
 
 def test_onnx_signature_and_metadata(trained: pipeline.Outcome) -> None:
     model = onnx.load(str(trained.path / MODEL_FILE))
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["feature_names"]) == list(FEATURE_NAMES)
-    assert props["feature_schema"] == FEATURE_SCHEMA
+    assert props["feature_spec_hash"] == DEFAULT_SPEC.hash
+    # The specification travels with the model and hashes back to the same value.
+    assert parse_spec(props["feature_spec"]).hash == DEFAULT_SPEC.hash
     assert props["model_version"] == trained.version
     assert [o.name for o in model.graph.output] == [export.OUTPUT_NAME]
     assert [i.name for i in model.graph.input] == [export.INPUT_NAME]
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[1].dim_value == N_FEATURES
     meta = json.loads((trained.path / METADATA_FILE).read_text())
-    for key in ("feature_names", "feature_schema", "training_window", "metrics", "code_version", "parity"):
+    for key in (
+        "feature_names",
+        "feature_spec_hash",
+        "feature_spec",
+        "training_window",
+        "metrics",
+        "code_version",
+        "parity",
+    ):
         assert key in meta
     assert meta["data"]["hash"] and meta["parity"]["max_abs_diff"] <= 1e-5
 
