@@ -138,10 +138,13 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def check_sensitive_categories(categories: list[str], taxonomy: Taxonomy) -> None:
-    """Refuse to start when a sensitive category is not one of the taxonomy's (a typo would silently
-    quote health browsing back to members)."""
-    unknown = sorted(set(categories) - set(taxonomy.categories))
+def check_sensitive_categories(settings: Settings, taxonomy: Taxonomy) -> None:
+    """Refuse to start when a sensitive category the operator set is not one of the taxonomy's (a typo
+    would silently quote health browsing back to members). The default list names the demo shop's
+    categories; against another taxonomy, those it lacks simply never match."""
+    if "sensitive_categories" not in settings.model_fields_set:
+        return
+    unknown = sorted(set(settings.sensitive_categories) - set(taxonomy.categories))
     if unknown:
         raise ValueError(
             f"BENEFITS_SENSITIVE_CATEGORIES: unknown categories {unknown}; known: {taxonomy.categories}"
@@ -162,7 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         # The operator's subtypes (and categories, tags) are the specification's vocabularies: a model
         # trained on another taxonomy has another hash and is refused.
         spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy)
-        check_sensitive_categories(settings.sensitive_categories, taxonomy)
+        check_sensitive_categories(settings, taxonomy)
         log.info(
             "feature specification %s (%d features), %d categories",
             spec.hash,

@@ -142,10 +142,10 @@ def test_objective_weights_come_from_settings() -> None:
     from features.taxonomy import DEMO_TAXONOMY
     from service.app import check_sensitive_categories
 
-    check_sensitive_categories(s.sensitive_categories, DEMO_TAXONOMY)
+    check_sensitive_categories(s, DEMO_TAXONOMY)
     with pytest.raises(ValueError, match="unknown categories"):
         check_sensitive_categories(
-            Settings(environment="test", sensitive_categories=["helth"]).sensitive_categories, DEMO_TAXONOMY
+            Settings(environment="test", sensitive_categories=["helth"]), DEMO_TAXONOMY
         )
 
 
