@@ -130,6 +130,48 @@ RULE_CASES: list[tuple[str, Offer, MemberState, Context, dict[str, int], dict[st
         {},
         {},
     ),
+    # Lifecycle rules (issue 19): the state fields the fold keeps, read at NOW by features.lifecycle.
+    (
+        "lifecycle_stage",
+        offer("t", eligibility=Eligibility(lifecycle_stages=["returning"])),
+        state_with(),
+        Context(),
+        {},
+        {},
+    ),
+    (
+        "days_since_order",
+        offer("t", eligibility=Eligibility(min_days_since_order=30)),
+        state_with(last_ts={"order": NOW - DAY}),
+        Context(),
+        {},
+        {},
+    ),
+    (
+        "days_since_visit",
+        offer("t", eligibility=Eligibility(max_days_since_visit=3)),
+        state_with(last_visit_ts=NOW - 10 * DAY),
+        Context(),
+        {},
+        {},
+    ),
+    (
+        "paid_renewal_window",
+        offer("t", eligibility=Eligibility(paid_expiring_within_days=7)),
+        state_with(paid_member=True, paid_expires_ts=NOW + 60 * DAY),
+        Context(),
+        {},
+        {},
+    ),
+    ("tier_gap", offer("t", eligibility=Eligibility(max_tier_gap=200)), state_with(), Context(), {}, {}),
+    (
+        "points_expiring",
+        offer("t", eligibility=Eligibility(points_expiring_within_days=30)),
+        state_with(points_expiring=[(NOW + 40 * DAY, 500)]),
+        Context(),
+        {},
+        {},
+    ),
     (
         "fatigue",
         offer("t", caps=Caps(max_impressions_without_action=3)),
@@ -156,6 +198,32 @@ def test_eligibility_rule_excludes_with_its_reason(
     out = rank(snap, state, ctx, NOW, 5, model=model, mode=Mode.PERSONALISED, policy=Policy(), explain=True)
     assert [o.offer_id for o in out.items] == ["control"]
     assert out.excluded == [{"offer_id": "t", "reason": rule, "text": EXCLUSION_SENTENCES[rule]}]
+
+
+def test_lifecycle_offers_shown_when_the_member_qualifies(model: LoadedModel) -> None:
+    week = int(NOW // (7 * DAY))
+    offers = [
+        offer("stage", eligibility=Eligibility(lifecycle_stages=["active"])),
+        offer("order", eligibility=Eligibility(min_days_since_order=30)),
+        offer("visit", eligibility=Eligibility(max_days_since_visit=3)),
+        offer("renew", eligibility=Eligibility(paid_expiring_within_days=7)),
+        offer("gap", eligibility=Eligibility(max_tier_gap=200)),
+        offer("points", eligibility=Eligibility(points_expiring_within_days=30)),
+    ]
+    state = state_with(
+        joined_ts=NOW - 300 * DAY, last_ts={"order": NOW - 40 * DAY}, last_visit_ts=NOW - DAY,
+        visit_days=[int((NOW - DAY) // DAY)], paid_member=True, paid_expires_ts=NOW + 5 * DAY,
+        growth_weeks={week: 2900.0}, points_expiring=[(NOW + 9 * DAY, 300)],
+    )  # fmt: skip
+    snap = build_snapshot(1, offers, NOW)
+    policy = Policy(max_per_category=10, min_kinds=1)
+    out = rank(
+        snap, state, Context(), NOW, 10, model=model, mode=Mode.PERSONALISED, policy=policy, explain=True
+    )
+    assert not out.excluded and {o.offer_id for o in out.items} == {o.offer_id for o in offers}
+    reasons = {o.offer_id: {r["code"] for r in o.reasons} for o in out.items}
+    assert "paid_expiring" in reasons["renew"] and "tier_progress" in reasons["gap"]
+    assert "points_expiring" in reasons["points"]
 
 
 def test_eligible_when_the_condition_holds(model: LoadedModel) -> None:
