@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from typing import Annotated, Any
 
@@ -36,7 +37,14 @@ from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
 from service.promotion import check_version
 from service.recommend import RecommendQuery
-from service.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, MemberId, RecommendRequest
+from service.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    MemberId,
+    RecommendRequest,
+)
 from service.schemas import RecommendResponse as RecommendResponseModel
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,9 @@ def openapi_components() -> dict[str, Any]:
     schema = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     return {"RecommendRequest": schema, **defs}
+
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -171,15 +182,39 @@ def check_feedback_time(event_ts: float | None, settings: Settings) -> None:
     "/v1/feedback", status_code=202, response_class=Response, responses={202: {"model": FeedbackResponse}}
 )
 async def feedback(
-    body: FeedbackRequest, fb: FeedbackDep, res: ResourcesDep, member_token: MemberTokenDep = None
+    body: FeedbackRequest,
+    fb: FeedbackDep,
+    res: ResourcesDep,
+    member_token: MemberTokenDep = None,
+    # Checked below rather than with Header(pattern=...): with the pattern in the header's schema, a
+    # later in-process app hung at shutdown after /openapi.json was served (tests/service/test_api.py).
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="1-64 of A-Z a-z 0-9 _ . : @ -; a retry with it returns the first outcome"),
+    ] = None,
 ) -> Response:
     """Record what the member saw and did; published to the member-events topic before answering 202.
 
     ``event_ts`` may be at most ``event_max_future_skew_seconds`` ahead of the server's clock and no
     older than the member state's retention (``member_ttl_seconds``). With member tokens on, the
-    request carries ``X-Member-Token`` for the body's member (403 otherwise)."""
+    request carries ``X-Member-Token`` for the body's member (403 otherwise).
+
+    A claim is checked and reserved atomically (eligibility, caps, stock, budget): a refusal is a 409
+    naming the rule (``reason``) with its sentence. Send an ``Idempotency-Key`` header (or ``event_id``):
+    a retry with the same key returns the first outcome and changes nothing. A 503 whose message says
+    "outcome unknown" must be retried with the same key."""
     check_member_token(res, member_token, body.member_id)
     check_feedback_time(body.event_ts, res.settings)
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise Invalid("Idempotency-Key must be 1-64 characters of letters, digits, '_', '.', ':', '@' or '-'")
+    if idempotency_key is not None and body.event_id is not None:
+        raise Invalid("give one idempotency key: the Idempotency-Key header or event_id, not both")
+    c = body.context
+    context = (
+        Context(page_type=c.page_type, category=c.category, device=c.device, channel=c.channel)
+        if c is not None
+        else None
+    )
     out = await fb.submit(
         body.type,
         body.member_id,
@@ -189,6 +224,9 @@ async def feedback(
         body.position,
         body.propensity,
         body.arm,
+        event_id=body.event_id,
+        idempotency_key=idempotency_key,
+        context=context,
     )
     return _json(out, 202)
 

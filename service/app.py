@@ -26,6 +26,7 @@ from features.spec import load_spec
 from features.taxonomy import Taxonomy, load_taxonomy, spec_for_taxonomy
 from infra.epoch_store import StoreEpoch
 from infra.experiment_store import ExperimentStore
+from infra.money_store import MoneyStore
 from infra.redis_client import AnyRedis, connect
 from infra.redis_layout import MemberStore
 from infra.registry import Registry
@@ -34,6 +35,7 @@ from service import admin, api, console, experiment_api, storefront_api
 from service.auth import KeyRing
 from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
+from service.claims import ClaimService
 from service.deps import Resources
 from service.epoch import EpochWatch
 from service.errors import ServiceError, service_error_body, store_error_body
@@ -59,6 +61,19 @@ def redis_client(settings: Settings) -> AnyRedis:
     # The project's one client factory; its bounded retries sit inside the request's own deadline
     # (service.recommend wraps the state read in asyncio.timeout), so they cannot blow the budget.
     return connect(settings.redis_url, cluster=settings.redis_cluster, timeout_ms=settings.redis_timeout_ms)
+
+
+def money_redis_client(settings: Settings) -> AnyRedis:
+    """The client for claims: no automatic retry (service.claims retries the idempotent script itself,
+    within claim_deadline_ms) and the claim timeout, not the request path's 50 ms."""
+    if settings.redis_url is None:
+        raise ValueError("redis_url is required")
+    return connect(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        timeout_ms=settings.claim_redis_timeout_ms,
+        retries=0,
+    )
 
 
 async def _every(seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -159,6 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client(settings)
+        money_client = money_redis_client(settings)
         store = MemberStore(client, settings.layout)
         catalog_store = CatalogStore(client, settings.layout)
         taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
@@ -199,7 +215,25 @@ def create_app(settings: Settings) -> FastAPI:
                 default_limit=settings.default_limit,
                 default_locale=settings.default_locale,
             ),
-            feedback=FeedbackService(store, catalog, publisher, metrics),
+            feedback=FeedbackService(
+                store,
+                catalog,
+                publisher,
+                metrics,
+                ClaimService(
+                    MoneyStore(
+                        money_client,
+                        settings.redis_prefix,
+                        settings.idempotency_ttl_seconds,
+                        settings.money_retention_seconds,
+                    ),
+                    store,
+                    catalog,
+                    publisher.send,
+                    metrics,
+                    deadline_ms=settings.claim_deadline_ms,
+                ),
+            ),
             metrics=metrics,
             keys=keys,
             in_flight=in_flight,
@@ -267,6 +301,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(RedisError, OSError):
                 await experiments.flush()  # the last second of per-arm counts
             await client.aclose()
+            await money_client.aclose()
 
     app = FastAPI(
         title="Benefit recommendations",

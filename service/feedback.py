@@ -6,10 +6,16 @@ Feedback types map onto :mod:`features.events` (so the stream worker folds them 
 impression     ``Impression`` (with position and propensity, for off-policy training)
 click          ``Click``
 dismiss        ``Dismiss``
-claim          ``CouponClaim`` / ``BenefitUse`` / ``ConsultBooked`` by the offer's kind;
-               a limited offer first reserves one unit atomically (Lua in Redis)
+claim          ``CouponClaim`` / ``BenefitUse`` / ``ConsultBooked`` by the offer's kind, after one
+               atomic, idempotent check-and-reserve of eligibility, caps, stock and budget
+               (:mod:`service.claims`)
 redeem         ``CouponRedeem``
 =============  =====================================================================
+
+Idempotency: a message's ``event_id`` (given by the producer, or derived from the ``Idempotency-Key``
+header) is stable across retries. A retried claim returns its first outcome (stored by the claim
+script); a retried impression/click/dismiss/redeem publishes the same event id again, which the fold
+skips (``features.state``: a member's latest 64 event ids), so it changes nothing.
 
 Erasure deletes every key of the member, then publishes a Kafka *tombstone*: a record keyed by the
 member id with a null value and the header ``benefits-erasure: 1``. Consumers (the features worker, the
@@ -26,9 +32,11 @@ from typing import Literal
 from redis.exceptions import RedisError
 
 from features import events as ev
+from features.projection import Context
 from infra.redis_layout import MemberStore
 from service.catalog import CatalogHolder
-from service.errors import Conflict, NotFound, Unavailable
+from service.claims import ClaimService, event_id_for
+from service.errors import ClaimRefused, NotFound, Unavailable
 from service.experiment_runtime import FEEDBACK_COUNTER, ExperimentRuntime
 from service.metrics import Metrics
 from service.publisher import Publisher
@@ -56,9 +64,10 @@ def to_event(
     position: int = 0,
     propensity: float | None = None,
     arm: str | None = None,
+    event_id: str | None = None,
 ) -> ev.Event:
     """The member event a feedback message stands for."""
-    eid, mid, ts = uuid.uuid4().hex, member_id, event_ts
+    eid, mid, ts = event_id or uuid.uuid4().hex, member_id, event_ts
     if kind == "impression":
         return ev.Impression(
             event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id,
@@ -81,12 +90,18 @@ def to_event(
 
 class FeedbackService:
     def __init__(
-        self, store: MemberStore, catalog: CatalogHolder, publisher: Publisher, metrics: Metrics
+        self,
+        store: MemberStore,
+        catalog: CatalogHolder,
+        publisher: Publisher,
+        metrics: Metrics,
+        claims: ClaimService,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.publisher = publisher
         self.metrics = metrics
+        self.claims = claims
         #: The running experiment (set by the app's lifespan): feedback carries the member's arm.
         self.experiments: ExperimentRuntime | None = None
 
@@ -100,6 +115,9 @@ class FeedbackService:
         position: int = 0,
         propensity: float | None = None,
         arm: str | None = None,
+        event_id: str | None = None,
+        idempotency_key: str | None = None,
+        context: Context | None = None,
     ) -> dict[str, object]:
         snap = self.catalog.current
         i = snap.table.index.get(offer_id) if snap is not None else None
@@ -111,52 +129,34 @@ class FeedbackService:
         if arm is None and xp is not None:
             # Assignment is a pure function of the member (sticky): the arm they were shown under.
             arm = xp.assign(member_id)
+        eid = event_id_for(member_id, offer_id, kind, idempotency_key, event_id)
+        if kind == "claim":
+            try:
+                out = await self.claims.claim(member_id, offer_id, eid, event_ts, context, arm=arm)
+            except ClaimRefused as exc:
+                self.metrics.business.claim(offer, exc.reason)
+                raise
+            except Unavailable:
+                self.metrics.business.claim(offer, "unavailable")
+                raise
+            self.metrics.business.claim(offer, "accepted")
+            if arm is not None and xp is not None:
+                xp.count(arm, FEEDBACK_COUNTER[kind])
+                xp.count(arm, "cost", offer.cost)
+            return out
         event = to_event(
             kind, member_id, offer_id, offer.kind, request_id, event_ts or time.time(), position, propensity,
-            arm,
+            arm, eid,
         )  # fmt: skip
-        reserved_units: int | None = None
-        if kind == "claim" and offer.inventory is not None:
-            try:
-                reserved_units = await self.store.reserve(
-                    offer_id, limit=offer.inventory, ttl_seconds=self.store.layout.stats_ttl_seconds
-                )
-            except (RedisError, OSError):
-                self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()
-                self.metrics.business.claim(offer, "unavailable")
-                raise Unavailable("inventory store unreachable; the claim was not recorded, retry") from None
-            if reserved_units is None:
-                self.metrics.feedback.labels(type=kind, outcome="sold_out").inc()
-                self.metrics.business.claim(offer, "sold_out")
-                raise Conflict(f"offer {offer_id!r} is sold out")
         try:
             await self.publisher.send(member_id, ev.encode(event))
         except Unavailable:
-            if reserved_units is not None:
-                # Give the unit back: the claim is not recorded anywhere, so it must not hold inventory.
-                try:
-                    await self.store.release(offer_id, 1)
-                except (RedisError, OSError):
-                    log.error("could not release a reserved unit of %s after a failed publish", offer_id)
             self.metrics.feedback.labels(type=kind, outcome="unavailable").inc()
-            if kind == "claim":
-                self.metrics.business.claim(offer, "unavailable")
             raise
         self.metrics.feedback.labels(type=kind, outcome="accepted").inc()
-        if kind == "claim":
-            self.metrics.business.claim(offer, "accepted")
         if arm is not None and xp is not None:
             xp.count(arm, FEEDBACK_COUNTER[kind])
-            if kind == "claim":
-                xp.count(arm, "cost", offer.cost)
-        out: dict[str, object] = {
-            "status": "accepted",
-            "event_id": event.event_id,
-            "event_type": ev.event_type(event),
-        }
-        if reserved_units is not None:
-            out["inventory_left"] = int(offer.inventory or 0) - reserved_units
-        return out
+        return {"status": "accepted", "event_id": event.event_id, "event_type": ev.event_type(event)}
 
     async def erase_member(self, member_id: str) -> dict[str, object]:
         """Delete all the member's keys, then publish the tombstone. Idempotent: safe to retry."""

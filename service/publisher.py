@@ -20,7 +20,7 @@ import time
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from service.errors import Unavailable
+from service.errors import NotPublished, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,18 @@ class Publisher:
         producer = self.producer
         if producer is None:
             if self.bootstrap is None:
-                raise Unavailable(
+                raise NotPublished(
                     "no event broker is configured (BENEFITS_KAFKA_BOOTSTRAP); nothing was recorded"
                 )
-            raise Unavailable(
+            raise NotPublished(
                 f"event broker {self.bootstrap} is unreachable; nothing was recorded, retry later"
             )
         if time.monotonic() < self._down_until:
-            raise Unavailable("event broker failed to acknowledge recent events; nothing was recorded, retry")
+            raise NotPublished(
+                "event broker failed to acknowledge recent events; nothing was recorded, retry"
+            )
         if self._pending >= self.max_pending:
-            raise Unavailable(
+            raise NotPublished(
                 f"{self._pending} events already wait for the event broker; nothing was recorded, retry"
             )
         self._pending += 1

@@ -17,6 +17,9 @@ RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 #: taxonomy's business (an unknown one ranks as "other", counted and logged once, never a 422); only
 #: malformed values (wrong type, too long, odd characters) are refused here.
 ContextValue = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:&' -]+$")]
+EventId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+#: Idempotency-Key header values: the same alphabet as ids (they end up inside Redis keys).
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 
 
 class RecommendContext(BaseModel):
@@ -111,6 +114,11 @@ class FeedbackRequest(BaseModel):
     arm: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     #: When it happened (Unix seconds, UTC); the server's clock when omitted.
     event_ts: Annotated[float, Field(ge=946684800.0, le=4102444800.0)] | None = None
+    #: The event's id, unique per member (the producer's idempotency key: a retry with the same id returns
+    #: the first outcome and changes nothing). Alternatively send an ``Idempotency-Key`` header.
+    event_id: EventId | None = None
+    #: Where a claim is made; the offer's channel / page rules apply only when given.
+    context: RecommendContext | None = None
 
 
 class FeedbackResponse(BaseModel):
@@ -118,6 +126,7 @@ class FeedbackResponse(BaseModel):
     event_id: str
     event_type: str
     inventory_left: int | None = None
+    budget_left: float | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from features import events as ev
 from features.state import new_state
 from harness.embedded import Service, free_port
+from infra.money_store import MoneyStore, Usage
 from infra.redis_layout import MemberStore, StoredMember
 from infra.settings import Settings
 from service.app import create_app
@@ -140,15 +141,19 @@ async def test_broker_down_is_503_with_a_clear_message(settings: Settings) -> No
         limited = next(
             o for o in (await c.get("/v1/admin/offers", headers=ADMIN)).json()["offers"] if o["inventory"]
         )
-        claim = {"type": "claim", "member_id": "m1", "offer_id": limited["offer_id"], "request_id": "r2"}
-        assert (await c.post("/v1/feedback", json=claim, headers=SF)).status_code == 503
+        claim = {"type": "claim", "member_id": "m1", "offer_id": limited["offer_id"], "request_id": "r2",
+                 "event_id": "ev-down-1"}  # fmt: skip
+        r = await c.post("/v1/feedback", json=claim, headers=SF)
+        assert r.status_code == 503 and "not recorded" in r.json()["message"], r.text
         assert settings.redis_url
         r_ = aioredis.Redis.from_url(settings.redis_url)
         try:
-            used = await MemberStore(r_, settings.layout).reserved([limited["offer_id"]])
+            money = MoneyStore(r_, settings.redis_prefix)
+            used = await money.usage([limited["offer_id"]])
+            assert await money.outcome(limited["offer_id"], "m1", "ev-down-1") is None
         finally:
             await r_.aclose()
-        assert used.get(limited["offer_id"], 0) == 0
+        assert used.get(limited["offer_id"], Usage()).units == 0
         # Recommend does not care about the broker.
         rec = await c.post("/v1/recommend", json={"member_id": "m1"}, headers=SF)
         assert rec.status_code == 200 and not rec.json()["degraded"]
