@@ -254,3 +254,51 @@ def test_stalled_redis_retry_with_the_same_key_takes_one_unit(backend: Backend, 
                 await r.aclose()
 
     run(backend, prefix, body, timeout_ms=80)
+
+
+_BUSY_LUA = """
+local t = redis.call('TIME')
+local start = t[1] * 1000 + t[2] / 1000
+repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.mark.parametrize("client_retries", [0, 2])
+def test_a_late_script_and_its_retries_reserve_once(
+    backend: Backend, unique: str, client_retries: int
+) -> None:
+    """The issue's mechanism: the server is busy, the claim times out, its script runs late anyway, and
+    redis-py's own retry sent it again (39 units for 25 claims). Idempotent per key, it reserves once,
+    with or without the client's automatic retries."""
+    if backend.cluster:
+        pytest.skip("one busy node is enough to show it; the script is the same on a cluster")
+    prefix = f"t{unique}"
+
+    async def main() -> None:
+        client = await open_client(backend.url, cluster=False, timeout_ms=60, retries=client_retries)
+        busy_client = aioredis.Redis.from_url(backend.url)
+        s = MoneyStore(client, prefix=prefix, idempotency_ttl_seconds=600)
+        lim = limits(inventory=5, max_claims=5)
+        try:
+            # Load the script first: a late EVALSHA of a script the server does not know yet is a harmless
+            # NOSCRIPT error, not the case under test.
+            await s.claim("o-warm", "m1", "warm", NOW, NOW, lim)
+            for i in range(3):
+                busy = asyncio.create_task(busy_client.eval(_BUSY_LUA, 0, 250))
+                await asyncio.sleep(0.02)
+                try:
+                    out = await s.claim("o-late", "m1", f"late-{i}", NOW, NOW, lim)
+                    assert out.accepted  # answered after the client's own retries
+                except (TimeoutError, RedisTimeoutError):
+                    pass  # outcome unknown to the caller
+                await busy
+                assert (await s.usage(["o-late"]))["o-late"].units == i + 1  # it ran, once
+                again = await s.claim("o-late", "m1", f"late-{i}", NOW, NOW, lim)
+                assert again.accepted and not again.first and again.units_used == i + 1
+            assert (await s.usage(["o-late"]))["o-late"].units == 3
+        finally:
+            await client.aclose()
+            await busy_client.aclose()
+
+    asyncio.run(main())
