@@ -83,6 +83,35 @@ def worker() -> None:
 
 
 @app.command()
+def replay(
+    events: Annotated[
+        Path | None, typer.Option(help="JSONL event log to replay; default: the events topic from the start.")
+    ] = None,
+) -> None:
+    """Rebuild member state, offer statistics and money state (stock, budget used, per-member claims)
+    from the event log into BENEFITS_REDIS_URL, after a data loss. Offers come from the catalog in Redis,
+    else the seed (BENEFITS_CATALOG_SEED_PATH or the demo catalog)."""
+    import asyncio
+    import json
+    import time
+
+    from benefits.ops import catalog_offers
+    from stream.replay import run
+
+    settings = _settings()
+
+    async def main() -> dict[str, object]:
+        return await run(settings, await catalog_offers(settings, time.time()), events)
+
+    try:
+        out = asyncio.run(main())
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(out))
+
+
+@app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("var/sim"),
     members: Annotated[int, typer.Option(help="Members in the population.")] = 2000,

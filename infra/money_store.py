@@ -44,7 +44,9 @@ MILLI = 1000
 # KEYS: money hash, members hash, idempotency record.
 # ARGV: 1 member_id, 2 now (s), 3 inventory (-1: unlimited), 4 budget_milli (-1: none), 5 cost_milli,
 #       6 max_claims_per_member, 7 cool-down after a claim (s), 8 idempotency ttl (s),
-#       9 EXPIREAT of the money keys (0: none), 10 event_id, 11 event_ts (string, kept exact)
+#       9 EXPIREAT of the money keys (0: none), 10 event_id, 11 event_ts (string, kept exact),
+#       12 a refusal the caller found on the member's state for a rule ordered after budget_exhausted
+#          ('claimed' or 'dismissed'; '' for none), so the reported rule is the first one in RULES order
 # Returns {1, outcome} for a new outcome, {0, outcome} for the stored first outcome of this key.
 # The order of the checks is the order of features.eligibility.RULES (sold_out, budget_exhausted,
 # claimed), so a claim and a ranking give the same reason for the same facts.
@@ -68,8 +70,11 @@ if inventory >= 0 and units + 1 > inventory then
   reason = 'sold_out'
 elseif budget >= 0 and used + cost > budget then
   reason = 'budget_exhausted'
-elseif count >= tonumber(ARGV[6]) or (count > 0 and now - last < tonumber(ARGV[7])) then
+elseif ARGV[12] == 'claimed' or count >= tonumber(ARGV[6])
+    or (count > 0 and now - last < tonumber(ARGV[7])) then
   reason = 'claimed'
+elseif ARGV[12] ~= '' then
+  reason = ARGV[12]
 end
 local out
 if reason then
@@ -277,10 +282,14 @@ class MoneyStore:
         event_ts: float,
         now: float,
         limits: ClaimLimits,
+        later_refusal: str | None = None,
     ) -> ClaimOutcome:
         """Check every limit and reserve one unit, budget and a member claim in one atomic step.
 
         ``event_id`` is the idempotency key: calling again with it returns the first outcome unchanged.
+        ``later_refusal``: a rule the caller found failing on the member's state that comes after
+        ``budget_exhausted`` in ``features.eligibility.RULES`` (``claimed``, ``dismissed``); the script
+        refuses with it unless stock or budget, which come first, refuse already.
         """
         args: list[str | int] = [
             member_id,
@@ -294,6 +303,7 @@ class MoneyStore:
             limits.expire_at,
             event_id,
             repr(float(event_ts)),
+            later_refusal or "",
         ]
         fresh, raw = await self._claim(keys=self._keys(offer_id, member_id, event_id), args=args)
         return _outcome(raw, first=bool(fresh))

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: Rules that refuse showing an offer but not claiming it (see the module docstring).
 NOT_FOR_CLAIMS = frozenset({"fatigue"})
+#: Rules from here on in RULES order are decided by (or passed to) the claim script.
+_FIRST_SCRIPT_RULE = RULES.index("sold_out")
 #: A context that no channel / page rule applies to (a claim without a context names neither).
 _NO_CONTEXT = Context(page_type="", channel="")
 
@@ -149,13 +151,16 @@ class ClaimService:
         state = stored.state if stored is not None else new_state(member_id)
         reasons = evaluate(snap.elig, snap.table.index, state, context or _NO_CONTEXT, now)
         code = int(reasons[i])
-        if code >= 0 and RULES[code] not in NOT_FOR_CLAIMS:
-            outcome = await self._refuse(offer_id, member_id, event_id, event_ts or now, RULES[code])
+        rule = RULES[code] if code >= 0 and RULES[code] not in NOT_FOR_CLAIMS else None
+        if rule is not None and code < _FIRST_SCRIPT_RULE:
+            outcome = await self._refuse(offer_id, member_id, event_id, event_ts or now, rule)
             return await self._answer(offer, member_id, outcome, arm)
-
+        # Rules after stock and budget (claimed, dismissed) go to the script, which reports stock and
+        # budget first: the same first failing rule as ranking's.
         limits = self.money.limits(offer)
         outcome = await self._with_retries(
-            lambda: self.money.claim(offer_id, member_id, event_id, event_ts or now, now, limits), deadline
+            lambda: self.money.claim(offer_id, member_id, event_id, event_ts or now, now, limits, rule),
+            deadline,
         )
         return await self._answer(offer, member_id, outcome, arm)
 
