@@ -188,7 +188,13 @@ def create_app(settings: Settings) -> FastAPI:
             len(spec),
             len(taxonomy.categories),
         )
-        catalog = CatalogHolder(catalog_store, store, spec, taxonomy)
+        money = MoneyStore(
+            money_client,
+            settings.redis_prefix,
+            settings.idempotency_ttl_seconds,
+            settings.money_retention_seconds,
+        )
+        catalog = CatalogHolder(catalog_store, store, spec, taxonomy, money=money)
         registry = Registry(settings.registry_dir)
         models = ModelHolder(registry, settings.scorer_runtime, settings.scorer_cache_dir, spec=spec)
         # Feedback waiting on a slow or dead broker may hold at most a quarter of the in-flight slots,
@@ -221,12 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
                 publisher,
                 metrics,
                 ClaimService(
-                    MoneyStore(
-                        money_client,
-                        settings.redis_prefix,
-                        settings.idempotency_ttl_seconds,
-                        settings.money_retention_seconds,
-                    ),
+                    money,
                     store,
                     catalog,
                     publisher.send,

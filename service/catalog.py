@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -34,6 +35,7 @@ from features.projection import DEFAULT_SPEC, OfferTable
 from features.spec import FeatureSpec
 from features.taxonomy import DEMO_TAXONOMY, Taxonomy, parse_catalog
 from infra.catalog_store import CatalogStore
+from infra.money_store import MoneyStore
 from infra.redis_layout import MemberStore
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ class CatalogHolder:
         members: MemberStore,
         spec: FeatureSpec = DEFAULT_SPEC,
         taxonomy: Taxonomy = DEMO_TAXONOMY,
+        money: MoneyStore | None = None,
     ) -> None:
         self.store = store
         self.members = members
@@ -176,6 +179,9 @@ class CatalogHolder:
         self.spec = spec
         self.taxonomy = taxonomy
         self.context_vocabulary = ContextVocabulary.of(spec, taxonomy)
+        #: Stock and budget use come from the claim script's own counters when given (exact and
+        #: immediate); without it (tools, benchmarks) from the stream's statistics.
+        self.money = money
         self.current: CatalogSnapshot | None = None
         self._stats: dict[str, OfferCounters] = {}
         self._reserved: dict[str, int] = {}
@@ -213,9 +219,18 @@ class CatalogHolder:
         if snap is None:
             return
         parts = await self.members.all_offer_stats()
-        self._stats = merge_all([p.counters for p in parts])
-        limited = [o.offer_id for o in snap.offers if o.inventory is not None]
-        self._reserved = await self.members.reserved(limited)
+        stats = merge_all([p.counters for p in parts])
+        if self.money is not None:
+            usage = await self.money.usage(
+                o.offer_id for o in snap.offers if o.inventory is not None or o.budget is not None
+            )
+            self._reserved = {oid: u.units for oid, u in usage.items()}
+            for oid, u in usage.items():
+                stats[oid] = msgspec.structs.replace(stats.get(oid) or OfferCounters(), cost_used=u.cost)
+        else:
+            limited = [o.offer_id for o in snap.offers if o.inventory is not None]
+            self._reserved = await self.members.reserved(limited)
+        self._stats = stats
         snap = self.current  # may have been replaced while we awaited
         if snap is not None:
             self.current = _with_usage(

@@ -43,7 +43,7 @@ import redis.asyncio as aioredis
 
 from features import events as ev
 from features.offer_stats import apply_offer_event
-from features.state import apply, new_state
+from features.state import already_applied, apply, new_state
 from infra.catalog_store import CatalogStore
 from infra.redis_layout import MemberStore, StoredMember, StoredOfferStats
 from stream.metrics import StreamMetrics, observe_many
@@ -103,6 +103,9 @@ class FoldedMembers:
     type_counts: TallyCounter[str] = field(default_factory=TallyCounter)
     event_times: list[float] = field(default_factory=list)
     skipped: int = 0
+    #: (partition, offset) of events whose id the member had already (producer retries): not folded
+    #: into the member, and so not into the offer statistics either.
+    repeated: set[tuple[int, int]] = field(default_factory=set)
 
 
 class BatchProcessor:
@@ -141,7 +144,7 @@ class BatchProcessor:
         partitions = list(batch.offer_events)
         stored_members, stored_stats = await self.read(member_ids, partitions)
         members = self.fold_members(batch, member_ids, stored_members, out, dead_reasons, now)
-        stats = self.fold_offer_stats(batch, partitions, stored_stats)
+        stats = self.fold_offer_stats(batch, partitions, stored_stats, members.repeated)
         await self.write(members, stats)
         self._count(records, out, members, dead_reasons, written=time.time())
         return out
@@ -253,6 +256,9 @@ class BatchProcessor:
                     continue
                 offsets[partition] = offset
                 changed = True
+                if already_applied(state, event):
+                    res.repeated.add((partition, offset))
+                    continue
                 try:
                     apply(state, event)
                 except Exception as exc:
@@ -270,9 +276,15 @@ class BatchProcessor:
         return res
 
     def fold_offer_stats(
-        self, batch: Decoded, partitions: list[int], stored_stats: list[StoredOfferStats | None]
+        self,
+        batch: Decoded,
+        partitions: list[int],
+        stored_stats: list[StoredOfferStats | None],
+        repeated: set[tuple[int, int]] | None = None,
     ) -> list[StoredOfferStats]:
-        """Fold offer events into each partition's partial, skipping offsets at or below its watermark."""
+        """Fold offer events into each partition's partial, skipping offsets at or below its watermark
+        and the ``repeated`` event ids the member fold skipped (a retried claim counts once)."""
+        repeated = repeated or set()
         stats_to_write: list[StoredOfferStats] = []
         for partition, st in zip(partitions, stored_stats, strict=True):
             inc = self.incarnations.get(partition, "")
@@ -284,7 +296,8 @@ class BatchProcessor:
             for offset, event in batch.offer_events[partition]:
                 if offset <= st.offset:
                     continue
-                apply_offer_event(st.counters, event, self.cost_of)
+                if (partition, offset) not in repeated:
+                    apply_offer_event(st.counters, event, self.cost_of)
                 st.offset = offset
                 changed = True
             if changed:
@@ -319,6 +332,8 @@ class BatchProcessor:
             metrics.dead_letters.labels(reason).inc(n)
         if members.skipped:
             metrics.duplicates.inc(members.skipped)
+        if members.repeated:
+            metrics.repeated_ids.inc(len(members.repeated))
         observe_many(metrics.freshness, [written - ts for ts in members.event_times])
         metrics.batch_size.observe(len(records))
 

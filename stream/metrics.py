@@ -68,6 +68,11 @@ class StreamMetrics:
             ["partition", "reason"],
             registry=r,
         )
+        self.repeated_ids = Counter(
+            "benefits_stream_repeated_event_ids_total",
+            "Events skipped because the member already had an event with that id (producer retries).",
+            registry=r,
+        )
         self.redis_errors = Counter(
             "benefits_stream_redis_errors_total", "Failed Redis round trips (retried).", registry=r
         )
