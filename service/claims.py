@@ -130,6 +130,22 @@ class ClaimService:
 
         Returns the accepted answer; raises :class:`ClaimRefused` (409), :class:`NotFound` (404) or
         :class:`Unavailable` (503)."""
+        t0 = time.perf_counter()
+        try:
+            return await self._claim(member_id, offer_id, event_id, event_ts, context, now)
+        finally:
+            if self.metrics is not None:
+                self.metrics.claim_seconds.observe(time.perf_counter() - t0)
+
+    async def _claim(
+        self,
+        member_id: str,
+        offer_id: str,
+        event_id: str,
+        event_ts: float | None,
+        context: Context | None,
+        now: float | None,
+    ) -> dict[str, Any]:
         now = time.time() if now is None else now
         snap = self.catalog.current
         i = snap.table.index.get(offer_id) if snap is not None else None

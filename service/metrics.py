@@ -54,6 +54,12 @@ class Metrics:
         self.mode = Counter(
             "benefits_recommend_total", "Recommend answers by ranking mode", ["mode"], registry=r
         )
+        self.claim_seconds = Histogram(
+            "benefits_claim_seconds",
+            "Claim latency in the service (eligibility, claim script, publish), accepted or refused",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.candidates = Histogram(
             "benefits_recommend_candidates",
             "Candidate offers per request",
