@@ -132,7 +132,7 @@ class ClaimService:
         :class:`Unavailable` (503)."""
         t0 = time.perf_counter()
         try:
-            return await self._claim(member_id, offer_id, event_id, event_ts, context, now)
+            return await self._claim(member_id, offer_id, event_id, event_ts, context, now, arm)
         finally:
             if self.metrics is not None:
                 self.metrics.claim_seconds.observe(time.perf_counter() - t0)
@@ -145,6 +145,7 @@ class ClaimService:
         event_ts: float | None,
         context: Context | None,
         now: float | None,
+        arm: str | None = None,
     ) -> dict[str, Any]:
         now = time.time() if now is None else now
         snap = self.catalog.current
