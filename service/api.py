@@ -210,8 +210,9 @@ async def feedback(
     if idempotency_key is not None and body.event_id is not None:
         raise Invalid("give one idempotency key: the Idempotency-Key header or event_id, not both")
     c = body.context
+    # The same normalisation as recommend: a claim's channel and page rules see the same values.
     context = (
-        Context(page_type=c.page_type, category=c.category, device=c.device, channel=c.channel)
+        res.catalog.context_vocabulary.normalise(c.page_type, c.category, c.device, c.channel)[0]
         if c is not None
         else None
     )
