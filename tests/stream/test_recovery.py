@@ -11,6 +11,12 @@ Kill points (one run, same topic and group):
 
 A fifth worker drains the rest and is stopped cleanly. Every restart waits out the dead member's
 session (6 s), which is what makes this test slow.
+
+What shows that a kill landed mid-work: the events folded when it was killed lie strictly between none
+and all of them (the worker had written part of the stream and had more to do). Redeliveries are not
+required: a restarted worker resumes at the last record its predecessor recorded as written
+(``stream/incarnation.py``), so a redelivery happens only when the kill falls between a batch's writes
+and its mark, and those the fold's watermarks skip (reported, not gated on).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,19 +72,26 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
     rng = random.Random(5)
     kills = 0
 
+    # Events folded when each mid-work kill landed (read just after the kill).
+    at_kill: list[int] = []
+
+    def kill(p: Any) -> None:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        at_kill.append(_progress(cfg, mids))
+
     # 1. mid-drain, producer still sending
     proc = h.start_worker(cfg, worker_log)
     first = _wait_progress_beyond(cfg, mids, 2000, 60)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     kills += 1
 
     # 2. just after the restarted worker writes again
     proc = h.start_worker(cfg, worker_log)
-    _wait_progress_beyond(cfg, mids, _progress(cfg, mids), 60)
+    before = _progress(cfg, mids)
+    _wait_progress_beyond(cfg, mids, before, 60)
     skipped = [_skipped(cfg)]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     kills += 1
 
     # 3. during start-up, before it can have joined the group
@@ -92,8 +106,7 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
     _wait_progress_beyond(cfg, mids, _progress(cfg, mids), 60)
     time.sleep(rng.uniform(0.05, 0.5))
     skipped.append(_skipped(cfg))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill(proc)
     kills += 1
 
     producer.join(timeout=60)
@@ -107,9 +120,11 @@ def test_sigkill_at_several_points_loses_and_duplicates_nothing(
         skipped.append(_skipped(cfg))
 
     assert kills == 4 and first > 0
-    # Evidence that kills landed between writes and commits: restarted workers re-read events their
-    # predecessors had already written, and skipped them (counts per restarted worker).
-    assert sum(skipped) > 0, f"no redelivery seen after any kill: {skipped}"
+    # Evidence that the three mid-work kills landed mid-work: part of the stream folded, not all of it.
+    # (Redeliveries skipped per restarted worker are printed for the record, not required.)
+    print(f"events folded at each mid-work kill: {at_kill}; redeliveries skipped: {skipped}")
+    assert all(0 < n < len(events) for n in at_kill), (at_kill, len(events))
+    assert at_kill == sorted(at_kill), at_kill
     assert seen == len(events), f"folded {seen} of {len(events)}"
     reference = h.offline_fold(events)
     stored = asyncio.run(h.read_members(cfg.redis_url, cfg.prefix, mids))
