@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # --- API
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    #: Where the API worker processes of one ``benefits serve --workers N`` keep their metric files, so
+    #: that a scrape of the shared port reports all of them summed (prometheus_client's multi-process
+    #: mode). None: a fresh temporary directory per ``serve``; ignored with one worker.
+    metrics_multiprocess_dir: Path | None = None
     deadline_ms: Annotated[float, Field(gt=0, le=10_000)] = 25.0
     # Little's law: ~1k rps per process x a 25 ms deadline is ~25 requests in flight; beyond that they only
     # queue into each other's deadlines (3x overload measured in docs/reliability.md: 256 gave seconds).

@@ -167,7 +167,7 @@ def check_sensitive_categories(settings: Settings, taxonomy: Taxonomy) -> None:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_multiprocess_dir)
     keys = KeyRing(settings.storefront_api_keys, settings.admin_api_keys, settings.support_api_keys)
     in_flight = InFlight()
 

@@ -2,12 +2,22 @@
 
 Each :class:`Metrics` has its own ``CollectorRegistry`` (not the global one) so that several app
 instances in one process (tests, a blue/green swap) do not collide on metric names.
+
+Several processes on one port (``benefits serve --workers N``, :mod:`service.server`): a scrape reaches
+one of them, so each process writes its values to files in a shared directory (prometheus_client's
+multi-process mode, switched on by the server before the worker imports this module) and
+:meth:`Metrics.render` answers the aggregate: counters and histograms summed over the processes, each
+gauge by the rule its ``multiprocess_mode`` names (ignored in a single process). The business gauges are
+computed at scrape time from shared state (Redis), so any process answers them whole.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.business_metrics import BusinessMetrics
 
@@ -37,7 +47,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        #: Set when this process is one of several sharing a port (see the module docstring).
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.stage_seconds = Histogram(
@@ -80,8 +92,13 @@ class Metrics:
         self.deadline_exceeded = Counter(
             "benefits_recommend_deadline_exceeded_total", "Answers later than deadline_ms", registry=r
         )
+        # Across processes: 1 for a version while any live process serves it.
         self.model_info = Gauge(
-            "benefits_model_info", "The model version being served (value 1)", ["version"], registry=r
+            "benefits_model_info",
+            "The model version being served (value 1)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_refused = Counter(
             "benefits_model_refused_total",
@@ -95,11 +112,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Across processes the weakest one counts: compiled only if all are, the oldest catalogue version.
         self.model_compiled = Gauge(
-            "benefits_model_compiled", "1 while the served model scores with compiled trees", registry=r
+            "benefits_model_compiled",
+            "1 while the served model scores with compiled trees",
+            registry=r,
+            multiprocess_mode="livemin",
         )
-        self.catalog_version = Gauge("benefits_catalog_version", "Catalog version in process", registry=r)
-        self.catalog_offers = Gauge("benefits_catalog_offers", "Offers in the catalog in process", registry=r)
+        self.catalog_version = Gauge(
+            "benefits_catalog_version", "Catalog version in process", registry=r, multiprocess_mode="livemin"
+        )
+        self.catalog_offers = Gauge(
+            "benefits_catalog_offers",
+            "Offers in the catalog in process",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.feedback = Counter(
             "benefits_feedback_total", "Feedback events by type and outcome", ["type", "outcome"], registry=r
         )
@@ -110,6 +138,7 @@ class Metrics:
             "benefits_store_state_lost",
             "1 when the store epoch marker vanished or changed: Redis lost its data (infra.epoch_store)",
             registry=r,
+            multiprocess_mode="livemax",
         )
         # Per-arm experiment counts: views are recommend answers, the rest come from feedback.
         self.experiment_events = Counter(
@@ -147,10 +176,17 @@ class Metrics:
         if version == self._model_version:
             return
         if self._model_version is not None:
+            # Zero first: in multi-process mode remove() forgets the series here but not in its file.
+            self.model_info.labels(version=self._model_version).set(0)
             self.model_info.remove(self._model_version)
         if version is not None:
             self.model_info.labels(version=version).set(1)
         self._model_version = version
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        merged.register(self.business)  # computed from shared state at scrape time: whole in any process
+        return generate_latest(merged)

@@ -11,17 +11,24 @@ Process-wide tuning belongs here, not in :func:`service.app.create_app`: an app 
 benchmark must not freeze its host process's garbage collector. Each worker tunes its own GC once its
 lifespan has loaded the catalogue and model (:func:`service.app._tune_gc`).
 
-Metrics are per process: with N workers a Prometheus scrape of the port reaches one of them. Scrape
-each pod's workers as a whole only by summing over scrapes (counters), see docs/deployment.md.
+Metrics: with N workers a scrape of the port reaches one of them, so the workers run prometheus_client's
+multi-process mode: each writes its values to files in ``metrics_multiprocess_dir`` (a fresh temporary
+directory unless set; emptied at start, since files left by an earlier run would be added in) and any of
+them answers ``/metrics`` with the sum over all (:meth:`service.metrics.Metrics.render`). A worker that
+dies is marked dead there so its live gauges drop out; its counters stay counted, as they should.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from infra.logs import configure_logging
@@ -60,9 +67,34 @@ def _run(settings: Settings, sock: socket.socket | None) -> None:
     _Server(config).run(sockets=[sock] if sock is not None else None)
 
 
+def _use_multiprocess_metrics(directory: Path) -> None:
+    """Switch prometheus_client to multi-process mode in this (spawned, fresh) interpreter. The library
+    reads the variable when it chooses its value class, at import; it is chosen again here in case
+    something imported it already, so every metric the app then creates writes to ``directory``."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
+
+
+def _prepare_metrics_dir(settings: Settings) -> tuple[Settings, Path | None]:
+    """The multi-process metrics directory, emptied; returns the workers' settings and the directory to
+    remove at exit (None when the operator chose it)."""
+    created = None
+    directory = settings.metrics_multiprocess_dir
+    if directory is None:
+        directory = created = Path(tempfile.mkdtemp(prefix="benefits-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return settings.model_copy(update={"metrics_multiprocess_dir": directory}), created
+
+
 def _worker_main(settings: Settings, sock: socket.socket, index: int) -> None:
     # A spawned interpreter starts with no logging set up: the same JSON lines as the parent's.
     configure_logging(settings.log_level)
+    if settings.metrics_multiprocess_dir is not None:
+        _use_multiprocess_metrics(settings.metrics_multiprocess_dir)
     logging.getLogger(__name__).info("API worker %d started", index)
     _run(settings, sock)
 
@@ -84,9 +116,11 @@ def serve(settings: Settings, workers: int = 1) -> None:
     if workers < 1:
         raise ValueError("workers must be at least 1")
     if workers == 1:
-        _run(settings, None)
+        _run(settings.model_copy(update={"metrics_multiprocess_dir": None}), None)
         return
     sock = bind(settings.host, settings.port)
+    settings, created_dir = _prepare_metrics_dir(settings)
+    metrics_dir = settings.metrics_multiprocess_dir
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, Any] = {}
     stopping = False
@@ -111,6 +145,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
             for i, p in list(procs.items()):
                 if not p.is_alive() and not stopping:
                     log.error("API worker %d (pid %s) exited with %s; restarting it", i, p.pid, p.exitcode)
+                    _mark_dead(metrics_dir, p.pid)
                     time.sleep(RESTART_PAUSE_SECONDS)
                     if not stopping:
                         start(i)
@@ -125,3 +160,14 @@ def serve(settings: Settings, workers: int = 1) -> None:
                 p.kill()
                 p.join(timeout=2)
         sock.close()
+        if created_dir is not None:
+            shutil.rmtree(created_dir, ignore_errors=True)
+
+
+def _mark_dead(directory: Path | None, pid: int | None) -> None:
+    """Drop a dead worker's live gauges from the aggregate (its counters and histograms stay summed)."""
+    if directory is None or pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(directory))

@@ -1,5 +1,6 @@
 """``benefits serve --workers 2`` over real HTTP: one port, two processes that both answer, both compile
-(or load the cached) trees, both hot-swap a promoted model, and a killed worker is replaced."""
+(or load the cached) trees, both hot-swap a promoted model, a scrape of the port counts both, and a
+killed worker is replaced."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from harness import stack
 from harness.embedded import Service
+from harness.scrape import parse_metrics
 from harness.testmodel import build_registry
 from infra.registry import Registry
 from infra.settings import Settings
@@ -72,10 +74,19 @@ def test_two_workers_share_the_port_and_hot_swap_together(workers: tuple[str, Re
     seen = _readyz_by_pid(base, lambda s: len(s) >= 2, timeout_s=30)
     assert len(seen) == 2
     assert all(b["model"] == "v1" and b["scorer"] == "lleaves" for b in seen.values()), seen
-    with httpx.Client(base_url=base, headers=key, timeout=5.0) as client:
-        for i in range(10):
+    # New connection per request: the kernel spreads them over both processes.
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=base, headers=key, timeout=5.0, limits=no_keepalive) as client:
+        for i in range(40):
             r = client.post("/v1/recommend", json={"member_id": f"w-{i}"})
             assert r.status_code == 200 and r.json()["model_version"] == "v1", r.text
+        # Whichever process answers the scrape, it reports both processes' counts summed.
+        for _ in range(6):
+            scrape = parse_metrics(client.get("/metrics").text)
+            answered = sum(v for k, v in scrape.items() if k.startswith("benefits_recommend_total{"))
+            assert answered == 40, scrape
+            assert scrape['benefits_recommend_stage_seconds_count{stage="total"}'] == 40
+            assert scrape['benefits_model_info{version="v1"}'] == 1
 
     registry.promote("v2")  # what `benefits promote v2` does: every worker polls and swaps on its own
     pids = set(seen)
