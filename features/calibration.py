@@ -11,11 +11,14 @@ appended to the exported graph, so the served model outputs the calibrated proba
 
     out = y[0] + sum_k slope[k] * (min(max(s, x[k]), x[k+1]) - x[k])
 
-which is linear interpolation between breakpoints, constant beyond the ends.
+which is linear interpolation between breakpoints, constant beyond the ends. No segment rises faster
+than :data:`MAX_SLOPE` (see :func:`_limit_slope`): the compiled scorer applies the map after trees that
+round differently from onnxruntime's in the last float32 bit, and a near-vertical step would amplify that.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +26,8 @@ import numpy as np
 
 Method = Literal["isotonic", "platt", "none"]
 MAX_POINTS = 64
+#: Steepest rise of the map, in probability per unit of score (see :func:`_limit_slope`).
+MAX_SLOPE = 25.0
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,20 @@ class Calibration:
 
     def apply(self, s: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of raw scores ``s`` (float32 arithmetic, as in the graph)."""
-        lo, hi, slope, y0 = self._arrays()
-        s32 = np.asarray(s, dtype=np.float32).reshape(-1, 1)
-        seg = (np.minimum(np.maximum(s32, lo[None, :]), hi[None, :]) - lo[None, :]) * slope[None, :]
-        return (y0 + seg.sum(axis=1, dtype=np.float32)).astype(np.float64)
+        return self.mapper()(s).astype(np.float64)
+
+    def mapper(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The map as a function float32 scores -> float32 probabilities, its arrays computed once (the
+        compiled scorer applies it after the native trees on every request, vectorised over rows)."""
+        lo1, hi1, slope1, y0 = self._arrays()
+        lo, hi, slope = lo1[None, :], hi1[None, :], slope1[None, :]
+
+        def run(s: np.ndarray) -> np.ndarray:
+            s32 = np.asarray(s, dtype=np.float32).reshape(-1, 1)
+            seg = (np.minimum(np.maximum(s32, lo), hi) - lo) * slope
+            return y0 + seg.sum(axis=1, dtype=np.float32)
+
+        return run
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "x": list(self.x), "y": list(self.y)}
@@ -85,8 +100,45 @@ def _thin(x: np.ndarray, y: np.ndarray, n: int = MAX_POINTS) -> tuple[np.ndarray
     return x[idx], y[idx]
 
 
-def fit(scores: np.ndarray, y: np.ndarray, method: Method = "isotonic") -> Calibration | None:
-    """Fit on validation scores; None when there is nothing to fit (no positives or negatives)."""
+def _limit_slope(x: np.ndarray, y: np.ndarray, max_slope: float = MAX_SLOPE) -> tuple[np.ndarray, np.ndarray]:
+    """Drop interior breakpoints until no segment rises faster than ``max_slope``.
+
+    Why: isotonic regression steps between two validation scores a few 1e-6 apart (measured: slopes of
+    7,000). The served model's score is float32 and the compiled trees and onnxruntime round it
+    differently by up to ~1e-7; through such a step that becomes 1e-3 of probability, and the compiled
+    scorer fails its 1e-5 parity with the graph. Merging a too-steep segment with a neighbour widens the
+    step into a ramp (a rounding then moves the probability by at most ``max_slope`` times it).
+    """
+    xs, ys = [float(a) for a in x], [float(b) for b in y]
+
+    def slope(i: int, j: int) -> float:
+        dx, dy = xs[j] - xs[i], ys[j] - ys[i]
+        return dy / dx if dx > 0 else (float("inf") if dy > 0 else 0.0)
+
+    while len(xs) > 2:
+        slopes = [slope(i, i + 1) for i in range(len(xs) - 1)]
+        k = int(np.argmax(slopes))
+        if slopes[k] <= max_slope:
+            break
+        # Remove the interior end of the steepest segment whose removal leaves the gentler merged slope.
+        cands = [i for i in (k, k + 1) if 0 < i < len(xs) - 1]
+        drop = min(cands, key=lambda i: slope(i - 1, i + 1))
+        del xs[drop], ys[drop]
+    return np.asarray(xs), np.asarray(ys)
+
+
+def fit(
+    scores: np.ndarray,
+    y: np.ndarray,
+    method: Method = "isotonic",
+    *,
+    probabilities: bool = True,
+) -> Calibration | None:
+    """Fit on validation scores; None when there is nothing to fit (no positives or negatives).
+
+    ``probabilities``: the scores are probabilities (a binary model), so Platt scaling works on their
+    logit; otherwise (a ranking score, any real number) on the scores themselves.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if method == "none" or len(y) < 20 or y.min() == y.max():
@@ -101,12 +153,17 @@ def fit(scores: np.ndarray, y: np.ndarray, method: Method = "isotonic") -> Calib
     else:
         from sklearn.linear_model import LogisticRegression
 
-        z = np.log(np.clip(scores, 1e-6, 1 - 1e-6) / (1 - np.clip(scores, 1e-6, 1 - 1e-6)))
-        lr = LogisticRegression(C=1e6).fit(z.reshape(-1, 1), y)
-        x = np.quantile(scores, np.linspace(0, 1, MAX_POINTS))
-        zx = np.log(np.clip(x, 1e-6, 1 - 1e-6) / (1 - np.clip(x, 1e-6, 1 - 1e-6)))
-        v = lr.predict_proba(zx.reshape(-1, 1))[:, 1]
+        def logit(p: np.ndarray) -> np.ndarray:
+            if not probabilities:
+                return p
+            q = np.clip(p, 1e-6, 1 - 1e-6)
+            return np.log(q / (1 - q))
+
+        lr = LogisticRegression(C=1e6).fit(logit(scores).reshape(-1, 1), y)
+        x = np.unique(np.quantile(scores, np.linspace(0, 1, MAX_POINTS)))
+        v = lr.predict_proba(logit(x).reshape(-1, 1))[:, 1]
     x, v = _thin(np.asarray(x, dtype=np.float64), np.asarray(v, dtype=np.float64))
+    x, v = _limit_slope(x, v)
     x32 = x.astype(np.float32)
     keep = np.r_[True, np.diff(x32) > 0]  # breakpoints must stay distinct in float32
     return Calibration(method, tuple(float(a) for a in x32[keep]), tuple(float(b) for b in v[keep]))

@@ -14,7 +14,9 @@ float, no probability output, or a smoke prediction that is not finite in [0, 1]
 Runtime (``BENEFITS_SCORER_RUNTIME``): ``auto`` scores with the same trees compiled to native code
 (:mod:`service.scorer`) once they match onnxruntime on varied rows, and falls back to onnxruntime with
 a log line and ``benefits_scorer_fallback_total{reason}`` when they cannot be compiled or do not match;
-``compiled`` refuses such a model instead (reason ``compile_failed``); ``onnx`` never compiles.
+``compiled`` refuses such a model instead (reason ``compile_failed``); ``onnx`` never compiles. A
+calibrated model (the ``calibration`` map in its metadata, also inside its graph) is served by the
+compiled trees followed by that map, checked against the calibrated graph.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from features.calibration import Calibration
 from features.projection import DEFAULT_SPEC
 from features.spec import FeatureSpec, spec_mismatch
 from infra.registry import LGB_FILE, Registry, RegistryError
@@ -146,7 +149,10 @@ def load_model(
     if runtime == "onnx":
         return model
     try:
-        compiled = compile_scorer(path.with_name(LGB_FILE), model.predict_onnx, n_features, cache_dir)
+        calibration = _calibration(meta)
+        compiled = compile_scorer(
+            path.with_name(LGB_FILE), model.predict_onnx, n_features, cache_dir, calibration=calibration
+        )
     except ScorerUnavailable as exc:
         if runtime == "compiled":
             detail = f"compiled scorer unavailable ({exc.reason}): {exc.detail}"
@@ -161,6 +167,19 @@ def load_model(
         version, compiled.engine, compiled.compile_seconds, compiled.load_seconds, compiled.key,
     )  # fmt: skip
     return replace(model, compiled=compiled)
+
+
+def _calibration(meta: dict[str, str]) -> Calibration | None:
+    """The calibration map the exporter wrote beside the graph (``calibration`` metadata, JSON; null or
+    absent when the model is not calibrated). The compiled trees are followed by the same map."""
+    raw = meta.get("calibration")
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return Calibration.from_dict(data) if data is not None else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ScorerUnavailable("bad_calibration", f"calibration metadata unreadable: {exc}") from None
 
 
 def _probability_output(session: ort.InferenceSession) -> str:

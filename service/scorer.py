@@ -23,6 +23,11 @@ Parity rows are built from the model's own split thresholds (each feature at a t
 it, or anywhere in its range): the places where float32/float64 and ``<`` vs ``<=`` disagreements show.
 Held-out data does not travel with the model, and random rows rarely land on a boundary.
 
+Calibration: a trained model's graph ends in its calibration map (:mod:`features.calibration`); the
+compiled scorer applies the same map (from the model's ``calibration`` metadata) after the native trees,
+vectorised over rows, and the parity check compares that with the calibrated graph (rows near each
+breakpoint of the map included), so a metadata map that is not the graph's is caught.
+
 Hazard: lleaves is compiled with ``use_fp64=False``: inputs and thresholds are float32, as in the ONNX
 tree ensemble (the exporter rounds thresholds down to float32 values, so both take the same branches),
 and the float32 feature matrix is passed without a copy.
@@ -42,11 +47,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from features.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,9 @@ class CompiledScorer:
     load_seconds: float
     _model: Any  # the lleaves.Model: keeps the execution engine (the machine code) alive
     _entry: Callable[..., None]
+    #: The model's calibration map (float32 scores -> float32 probabilities), applied after the trees
+    #: exactly as the exported graph applies it after its tree ensemble; None: the trees' output is served.
+    _calibrate: Callable[[np.ndarray], np.ndarray] | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -90,6 +100,8 @@ class CompiledScorer:
         # Straight into the compiled entry point (start, end row): lleaves' own predict() re-checks and
         # converts its input on every call, about half the cost of the trees at 200 rows.
         self._entry(x.ctypes.data_as(_F32P), out.ctypes.data_as(_F32P), 0, n)
+        if self._calibrate is not None and n:
+            return self._calibrate(out)
         return out
 
 
@@ -230,9 +242,12 @@ def compile_scorer(
     n_features: int,
     cache_dir: Path | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    calibration: Calibration | None = None,
 ) -> CompiledScorer:
-    """Compile (or load from the cache) the trees in ``lgb_path`` and check them against ``reference``
-    (the ONNX session's predict) on varied rows. Raises :class:`ScorerUnavailable` with a reason."""
+    """Compile (or load from the cache) the trees in ``lgb_path``, follow them with ``calibration`` (the
+    map the exported graph applies after its trees, from the model's metadata), and check the result
+    against ``reference`` (the ONNX session's predict) on varied rows. Raises :class:`ScorerUnavailable`
+    with a reason."""
     try:
         import lleaves  # noqa: F401
     except Exception as exc:  # ImportError, or an llvmlite too new for lleaves (AttributeError)
@@ -252,17 +267,38 @@ def compile_scorer(
     if model.num_model_per_iteration() != 1:
         raise ScorerUnavailable("bad_signature", "not a single-output (binary) model")
     scorer = CompiledScorer(
-        "lleaves", obj.stem, n_features, compile_s, time.perf_counter() - t0, model, entry
+        "lleaves",
+        obj.stem,
+        n_features,
+        compile_s,
+        time.perf_counter() - t0,
+        model,
+        entry,
+        calibration.mapper() if calibration is not None else None,
     )
-    x = parity_rows(lgb_path.read_text(), n_features)
+    text = lgb_path.read_text()
+    x = parity_rows(text, n_features)
+    if calibration is not None:
+        # Rows whose tree output lands on and around each breakpoint of the map, where a float32
+        # rounding difference would show, beside the threshold rows.
+        x = np.concatenate([x, _rows_near_breakpoints(scorer, x, calibration)])
     want = np.asarray(reference(x), dtype=np.float64)
     got = scorer.predict(x).astype(np.float64)
     diff = float(np.max(np.abs(want - got))) if len(x) else 0.0
     if not np.isfinite(diff) or diff > tolerance:
         raise ScorerUnavailable(
-            "parity_failed", f"max abs diff {diff:.3g} vs onnxruntime on {len(x)} rows > {tolerance:g}"
+            "parity_failed",
+            f"max abs diff {diff:.3g} vs onnxruntime on {len(x)} rows > {tolerance:g}"
+            + (f" (calibration {calibration.method} applied)" if calibration is not None else ""),
         )
     return scorer
+
+
+def _rows_near_breakpoints(scorer: CompiledScorer, x: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """For each breakpoint of the map, the parity row whose uncalibrated tree output is nearest to it."""
+    raw = replace(scorer, _calibrate=None).predict(x)
+    idx = np.abs(raw[:, None] - np.asarray(calibration.x, dtype=np.float32)[None, :]).argmin(axis=0)
+    return x[np.unique(idx)]
 
 
 def _compile_main(argv: list[str]) -> int:

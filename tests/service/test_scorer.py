@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from features import calibration as calibrate
+from features.calibration import Calibration, Method
 from features.projection import DEFAULT_SPEC, FEATURE_NAMES, N_FEATURES
-from harness.testmodel import random_rows, served_onnx, train_booster
+from harness.testmodel import random_rows, train_booster
 from infra.registry import LGB_FILE, METADATA_FILE, MODEL_FILE, Registry
 from infra.settings import Settings
 from service.app import create_app
@@ -22,18 +25,41 @@ from service.errors import ModelRefused
 from service.model import LoadedModel, load_model
 from service.scorer import parity_rows
 from tests.service.conftest import ADMIN, SF, make_settings, running
+from training.export import set_metadata, spec_props, to_onnx
 
 TOLERANCE = 1e-5
 
 
-def _write(root: Path, version: str, onnx_seed: int, lgb_seed: int | None) -> Path:
-    """A registry version: the ONNX of ``onnx_seed``'s model and the LightGBM text of ``lgb_seed``'s."""
+def _calibrated(seed: int, method: Method) -> Calibration:
+    """A calibration map fitted, as training fits it, on outcomes the model is miscalibrated for."""
+    rng = np.random.default_rng(seed)
+    x = random_rows(4000, rng)
+    p = train_booster(seed).predict(x.astype(np.float64))
+    cal = calibrate.fit(p, (rng.random(len(p)) < np.sqrt(p)).astype(np.float64), method)
+    assert cal is not None
+    return cal
+
+
+def _write(
+    root: Path, version: str, onnx_seed: int, lgb_seed: int | None, calibration: Calibration | None = None
+) -> Path:
+    """A registry version: the ONNX of ``onnx_seed``'s model (with ``calibration`` in its graph and
+    metadata, as the exporter writes it) and the LightGBM text of ``lgb_seed``'s."""
     d = root / "models" / version
     d.mkdir(parents=True, exist_ok=True)
-    (d / MODEL_FILE).write_bytes(served_onnx(train_booster(onnx_seed)).SerializeToString())
-    (d / METADATA_FILE).write_text(
-        json.dumps({"feature_spec_hash": DEFAULT_SPEC.hash, "feature_names": list(FEATURE_NAMES)})
+    graph = to_onnx(train_booster(onnx_seed), calibration=calibration)
+    set_metadata(
+        graph,
+        {
+            **spec_props(DEFAULT_SPEC),
+            "calibration": json.dumps(calibration.as_dict() if calibration is not None else None),
+        },
     )
+    (d / MODEL_FILE).write_bytes(graph.SerializeToString())
+    meta: dict[str, object] = {"feature_spec_hash": DEFAULT_SPEC.hash, "feature_names": list(FEATURE_NAMES)}
+    if calibration is not None:
+        meta["calibration"] = {"method": calibration.method, "map": calibration.as_dict()}
+    (d / METADATA_FILE).write_text(json.dumps(meta))
     if lgb_seed is not None:
         (d / LGB_FILE).write_text(train_booster(lgb_seed).model_to_string())
     return d / MODEL_FILE
@@ -66,6 +92,38 @@ def test_compiled_trees_match_onnxruntime_on_varied_rows(compiled: LoadedModel) 
         assert got.shape == want.shape == (len(x),)
         assert float(np.max(np.abs(got.astype(np.float64) - want))) <= TOLERANCE
     assert compiled.predict(np.empty((0, N_FEATURES), dtype=np.float32)).shape == (0,)
+
+
+@pytest.mark.parametrize("method", ["platt", "isotonic"])
+def test_a_calibrated_model_is_compiled_with_its_calibration(
+    tmp_path: Path, cache_dir: Path, method: Method
+) -> None:
+    """The served graph ends in the calibration map: the compiled trees are followed by the same map, so
+    ``auto`` does not fall back and ``compiled`` does not refuse."""
+    cal = _calibrated(1, method)
+    path = _write(tmp_path, "cal", 1, 1, calibration=cal)
+    for runtime in ("auto", "compiled"):
+        model = load_model(path, "cal", runtime, cache_dir)  # type: ignore[arg-type]
+        assert model.runtime == "lleaves" and model.fallback_reason is None
+    rng = np.random.default_rng(3)
+    booster = train_booster(1)
+    for x in (random_rows(3000, rng), parity_rows(booster.model_to_string(), N_FEATURES, 2000, seed=5)):
+        got = model.predict(x).astype(np.float64)
+        want = model.predict_onnx(x)
+        assert float(np.max(np.abs(got - want))) <= TOLERANCE
+        # ... and it is the calibrated probability, not the trees' own.
+        raw = booster.predict(x.astype(np.float64))
+        np.testing.assert_allclose(got, cal.apply(raw), atol=TOLERANCE)
+        assert float(np.max(np.abs(got - raw))) > 0.01
+
+
+def test_calibration_metadata_unlike_the_graph_is_caught(tmp_path: Path, cache_dir: Path) -> None:
+    path = _write(tmp_path, "lie", 1, 1, calibration=_calibrated(1, "platt"))
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    set_metadata(model, {**props, "calibration": json.dumps(_calibrated(2, "isotonic").as_dict())})
+    path.write_bytes(model.SerializeToString())
+    assert load_model(path, "lie", "auto", cache_dir).fallback_reason == "parity_failed"
 
 
 @settings(max_examples=60, deadline=None)
@@ -135,6 +193,7 @@ async def test_the_service_reports_its_runtime_and_counts_fallbacks(
     root = tmp_path / "registry"
     _write(root, "compiled", 1, 1)
     _write(root, "plain", 2, None)
+    _write(root, "calibrated", 1, 1, calibration=_calibrated(1, "platt"))
     reg = Registry(root)
     reg.promote("plain")
     cfg: Settings = make_settings(
@@ -155,3 +214,13 @@ async def test_the_service_reports_its_runtime_and_counts_fallbacks(
         assert status["runtime"] == "lleaves" and status["scorer_fallback"] is None
         r = await c.post("/v1/recommend", json={"member_id": "m1"}, headers=SF)
         assert r.status_code == 200 and r.json()["model_version"] == "compiled"
+        # A calibrated model (the default of `benefits train`) is compiled too: no fallback counted.
+        r = await c.post("/v1/admin/models/calibrated/promote", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        status = (await c.get("/v1/admin/models", headers=ADMIN)).json()
+        assert status["runtime"] == "lleaves" and status["scorer_fallback"] is None
+        text = (await c.get("/metrics")).text
+        assert 'benefits_scorer_fallback_total{reason="no_source"} 1.0' in text
+        assert "parity_failed" not in text
+        r = await c.post("/v1/recommend", json={"member_id": "m1"}, headers=SF)
+        assert r.status_code == 200 and r.json()["model_version"] == "calibrated"
