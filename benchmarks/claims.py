@@ -29,11 +29,11 @@ import redis.asyncio as aioredis
 
 from benchmarks._common import machine_info, write_result
 from harness import stack
-from harness.quantiles import histogram_quantile
 from harness.scrape import buckets, delta, read_metrics
 from harness.testmodel import build_registry
 from infra.money_store import MoneyStore
 from infra.settings import Settings
+from service.quantiles import histogram_quantile
 
 OFFER_ID = "flash-coupon"
 COST = 2.0

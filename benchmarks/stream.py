@@ -39,8 +39,8 @@ from benchmarks._common import machine_info, write_result
 from features import events as ev
 from harness import stream_driver as h
 from harness.embedded import Service, create_topics, free_port, start_broker, start_redis
-from harness.quantiles import histogram_quantile
 from harness.replay_cj import full_check
+from service.quantiles import histogram_quantile
 from stream.worker import FRESHNESS_BUCKETS
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.quantiles import histogram_quantile
+from service.quantiles import histogram_quantile
 
 STAGE_METRIC = "benefits_recommend_stage_seconds"
 STAGES = ("state_read", "features", "model", "rerank", "total")

@@ -16,6 +16,7 @@ from service.business_metrics import pacing_now
 from service.catalog import CatalogSnapshot
 from service.metrics import STAGES, Metrics
 from service.objective import Objective
+from service.quantiles import histogram_quantile
 
 #: Feature-name prefixes that describe the offer or the member x offer pair, not the member.
 
@@ -106,25 +107,6 @@ def _by(metrics: Metrics, name: str, label: str) -> dict[str, float]:
     return out
 
 
-def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Estimate a quantile from cumulative (upper bound, count) buckets, as PromQL's
-    ``histogram_quantile`` does (linear inside a bucket; the +Inf bucket answers its lower bound)."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    prev_le, prev_n = 0.0, 0.0
-    for le, n in buckets:
-        if n >= rank:
-            if math.isinf(le):
-                return prev_le
-            if n == prev_n:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_n) / (n - prev_n)
-        prev_le, prev_n = le, n
-    return prev_le
-
-
 def stage_latency_ms(metrics: Metrics) -> dict[str, dict[str, float | None]]:
     per: dict[str, list[tuple[float, float]]] = {s: [] for s in STAGES}
     counts: dict[str, float] = {}
@@ -137,7 +119,7 @@ def stage_latency_ms(metrics: Metrics) -> dict[str, dict[str, float | None]]:
         buckets.sort()
         row: dict[str, float | None] = {"count": counts.get(stage, 0.0)}
         for q in (0.5, 0.95, 0.99):
-            v = quantile(buckets, q)
+            v = histogram_quantile(q, buckets)
             row[f"p{int(q * 100)}"] = round(v * 1e3, 3) if v is not None else None
         out[stage] = row
     return out

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 
-from harness.quantiles import histogram_quantile
 from harness.reliability.load import (
     Load,
     Result,
@@ -23,6 +22,7 @@ from harness.reliability.stack import (
     private_stack,
 )
 from harness.scrape import STAGE_METRIC, buckets, delta, read_metrics
+from service.quantiles import histogram_quantile
 
 
 def overload(

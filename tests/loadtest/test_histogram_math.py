@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from benchmarks.loadtest import Options, exit_code, judge
-from harness.quantiles import histogram_quantile
 from harness.scrape import (
     STAGE_METRIC,
     add_scrapes,
@@ -20,6 +19,7 @@ from harness.scrape import (
 )
 from harness.timeline import Timeline, recovery_seconds
 from service.metrics import Metrics
+from service.quantiles import histogram_quantile
 
 INF = math.inf
 

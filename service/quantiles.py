@@ -1,7 +1,8 @@
 """The one histogram quantile of the project: Prometheus' ``histogram_quantile`` over cumulative buckets.
 
-Used for every server-side percentile computed from bucket counts (the load test's stage histograms, the
-reliability overload scenario, the stream benchmark's freshness histogram).
+Used for every percentile computed from bucket counts: the console's stage latencies
+(:mod:`service.insight`, from this process's own histograms) and, from scrapes, the load test's stage
+histograms, the reliability overload scenario and the stream benchmark's freshness histogram.
 """
 
 from __future__ import annotations
