@@ -7,13 +7,13 @@ One run:
    written to a JSON seed file, a small model (simulate a few hundred members, train, promote) in a
    temporary registry, member states for the population ``lt-0 .. lt-{members-1}`` folded with the shared
    core (:func:`features.state.apply`) and written straight into Redis with
-   :meth:`infra.redis_layout.MemberStore.put_members`, and ``--workers`` API processes
-   (``benefits serve``, one uvicorn worker each, on their own ports; Locust spreads its users over them
-   round-robin, there is no load balancer process in between). A short warm-up follows.
+   :meth:`infra.redis_layout.MemberStore.put_members`, and the API as production runs it: one
+   ``benefits serve --workers N`` (N processes sharing one listening socket; the kernel spreads Locust's
+   connections over them, and a scrape of the port reports all of them summed). A short warm-up follows.
 2. **Load**: ``python -m locust -f benchmarks/locustfile.py --headless`` as a subprocess with the chosen
    shape; it writes an HTML report and CSV stats under ``benchmarks/results/`` (not committed) and every
    request's latency per second to a private timeline file.
-3. **Server view**: ``/metrics`` of every API process is scraped before, every half second during, and
+3. **Server view**: ``/metrics`` of the API port is scraped before, every half second during, and
    after the run; server-side p50/p99 per stage come from deltas of the
    ``benefits_recommend_stage_seconds`` histograms (summed over processes) over the same windows as the
    client-side figures (whole run, and per phase: flash sale before / spike / after). The server's
@@ -51,7 +51,10 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from benchmarks import loadtest_experiment
 from benchmarks._common import RESULTS_DIR, machine_info, write_result
+from benchmarks.flash_claims import DEFAULT_PHASES, OFFER_ID, create_coupon
+from benchmarks.flash_claims import check as check_claims
 from harness import stack as st
 from harness.machine import code_version
 from harness.members import simulate_members, write_states
@@ -88,6 +91,13 @@ class Options:
     unknown_share: float = 0.1
     feedback_share: float = 0.1
     workers: int = 1
+    #: A flash sale with claims: a coupon of this many units raced for on claim_share of page views in the
+    #: claim_phases (benchmarks/flash_claims.py); 0: no claims.
+    claim_units: int = 0
+    claim_share: float = 0.2
+    claim_phases: list[str] = field(default_factory=lambda: list(DEFAULT_PHASES))
+    #: Run a two-arm experiment (promoted model vs popularity) and report it (benchmarks/loadtest_experiment).
+    experiment: bool = False
     p99_ms: float = 10.0
     spike_p99_ms: float = 25.0
     recover_s: float = 5.0
@@ -235,7 +245,8 @@ def started_stack(base_settings: Settings, opts: Options, workdir: Path) -> Iter
 
 
 def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
-    """(Re)start ``workers`` API processes serving a catalog of ``offers``; return their base URLs."""
+    """(Re)start the API (``benefits serve --workers N``) serving a catalog of ``offers``; returns its base
+    URL (a list: a target given on the command line may name several)."""
     stack.stop_apis()
     seed = stack.procs.workdir / f"catalog-{offers}.json"
     _write_catalog(seed, offers)
@@ -244,13 +255,10 @@ def start_apis(stack: Stack, offers: int, workers: int) -> list[str]:
         update={"redis_prefix": f"lt{offers}", "catalog_seed_path": seed, "log_level": "INFO"}
     )
     asyncio.run(write_states(settings, stack.member_states))
-    targets = []
-    for i in range(workers):
-        base, ready = stack.procs.add_api(st.api_settings(settings), name=f"api-{offers}-{i}")
-        if ready.get("catalog_offers") != offers:
-            raise RuntimeError(f"API serves {ready.get('catalog_offers')} offers, expected {offers}")
-        targets.append(base)
-    return targets
+    base, ready = stack.procs.add_api(st.api_settings(settings), name=f"api-{offers}", workers=workers)
+    if ready.get("catalog_offers") != offers:
+        raise RuntimeError(f"API serves {ready.get('catalog_offers')} offers, expected {offers}")
+    return [base]
 
 
 def warm_up(targets: Sequence[str], api_key: str, n: int) -> dict[str, Any]:
@@ -301,9 +309,16 @@ def _locust_csv(prefix: Path) -> dict[str, Any]:
 
 
 def run_locust(
-    targets: Sequence[str], opts: Options, api_key: str, name: str, workdir: Path, keep_reports: bool = True
+    targets: Sequence[str],
+    opts: Options,
+    api_key: str,
+    name: str,
+    workdir: Path,
+    keep_reports: bool = True,
+    claims_settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Run Locust headless with ``opts``' shape; return the summary (client, server, budget)."""
+    """Run Locust headless with ``opts``' shape; return the summary (client, server, budget). With
+    ``claims_settings`` (the stack's, when ``opts.claim_units``) the sale's money state is checked too."""
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     timeline_path = workdir / f"{name}-timeline.json"
     csv_prefix = (opts.results_dir if keep_reports else workdir) / name
@@ -318,6 +333,9 @@ def run_locust(
         "--seed", str(opts.seed), "--timeline-out", str(timeline_path),
         "--csv", str(csv_prefix), "--html", str(html), "--exit-code-on-error", "0", "--loglevel", "WARNING",
     ]  # fmt: skip
+    if claims_settings is not None:
+        cmd += ["--claim-offer", OFFER_ID, "--claim-share", str(opts.claim_share),
+                "--claim-phases", ",".join(opts.claim_phases)]  # fmt: skip
     scraper = Scraper(targets)
     before = scraper.scrape()
     load_before = os.getloadavg()
@@ -347,6 +365,10 @@ def run_locust(
     if keep_reports:
         summary["reports"] = {"html": _rel(html), "csv_prefix": _rel(csv_prefix)}
     summary["budget"] = judge(summary, opts)
+    if claims_settings is not None:
+        summary["claims"] = check_claims(claims_settings, opts.claim_units, before, after)
+        summary["budget"]["checks"] += summary["claims"]["checks"]
+        summary["budget"]["ok"] = all(c["ok"] for c in summary["budget"]["checks"])
     return summary
 
 
@@ -401,8 +423,22 @@ def run_command(base_settings: Settings, opts: Options) -> int:
                     summary = capacity_search(stack, opts, api_key, workdir)
                 else:
                     targets = start_apis(stack, opts.offers, opts.workers)
+                    claims_settings = None
+                    admin_key = base_settings.admin_api_keys[0].get_secret_value()
+                    if opts.claim_units > 0:
+                        create_coupon(targets[0], admin_key, opts.claim_units)
+                        claims_settings = stack.procs.settings.model_copy(
+                            update={"redis_prefix": f"lt{opts.offers}"}
+                        )
+                    if opts.experiment:
+                        loadtest_experiment.declare(targets[0], admin_key)
                     idle = warm_up(targets, api_key, opts.warmup_requests)
-                    summary = run_locust(targets, opts, api_key, name, workdir)
+                    summary = run_locust(
+                        targets, opts, api_key, name, workdir, claims_settings=claims_settings
+                    )
+                    if opts.experiment:
+                        wait_s = 2.0 * stack.procs.settings.experiment_poll_seconds + 0.5
+                        summary["experiment"] = loadtest_experiment.report(targets[0], admin_key, wait_s)
                     summary["sequential_round_trip_before_load"] = idle
                 summary["stack"] = _stack_info(stack, opts)
     except (RuntimeError, ValueError, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:

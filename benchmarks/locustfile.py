@@ -12,7 +12,11 @@ What a simulated storefront does (one task = one page view):
   (rank 0 is the hottest member), or, for ``--unknown-share`` of views, a member id the service has
   never seen (cold start); page type, category, device and channel vary per view;
 - for ``--feedback-share`` of views, ``POST /v1/feedback`` with an ``impression`` of the top offer and,
-  for ``--click-share`` of those, a ``click``.
+  for ``--click-share`` of those, a ``click``;
+- with ``--claim-offer``, for ``--claim-share`` of views, a claim of that (limited) coupon with an
+  ``Idempotency-Key`` (``claim``: 202 accepted or 409 refused are both answers; a 503 is retried once with
+  the same key, as a storefront must). ``benefits loadtest --claim-units N`` creates the coupon and checks
+  the money state in Redis after the run (``benchmarks/flash_claims.py``).
 
 Rate: ``--rps`` is page views per second (recommend calls), feedback calls come on top. Pacing is
 constant throughput: each user waits so that users x per-user rate equals the shape's current rate, with
@@ -85,6 +89,11 @@ def _arguments(parser: Any) -> None:
     g.add_argument("--unknown-share", type=float, default=0.1, help="Share of views by unknown members")
     g.add_argument("--feedback-share", type=float, default=0.1, help="Share of views that send feedback")
     g.add_argument("--click-share", type=float, default=0.2, help="Share of feedback views with a click")
+    g.add_argument("--claim-offer", default="", help="Offer id members claim on --claim-share of views")
+    g.add_argument("--claim-share", type=float, default=0.0, help="Share of views that claim --claim-offer")
+    g.add_argument(
+        "--claim-phases", default="", help="Claim only in these phases (comma-separated; all if empty)"
+    )
     g.add_argument("--timeline-out", default="", help="Write per-second latencies and phases (JSON) here")
     g.add_argument("--seed", type=int, default=1)
 
@@ -260,6 +269,12 @@ class _Clock:
                 return p.rate(t)
         return self.rate
 
+    def phase_now(self) -> str | None:
+        if self.t0_wall is None:
+            return None
+        t = time.time() - self.t0_wall
+        return next((p.name for p in self.phases if p.start_s <= t < p.end_s), None)
+
     def record(self, name: str, ms: float, exc: BaseException | None) -> None:
         if self.t0_wall is None:
             return
@@ -391,9 +406,33 @@ class Storefront(FastHttpUser):
             ctx["category"] = r.choice(_SHOP)
         return ctx
 
+    def _claim(self, member_id: str) -> None:
+        body = orjson.dumps(
+            {"type": "claim", "member_id": member_id, "offer_id": self.opts.claim_offer,
+             "request_id": f"lt-claim-{self.rnd.getrandbits(48):x}"}
+        ).decode()  # fmt: skip
+        # One key per attempt (a member may try again later and meet the per-member cap); a 503 (outcome
+        # unknown) is retried once with the same key, which must not reserve twice.
+        headers = {**self.headers, "Idempotency-Key": f"lt-{self.rnd.getrandbits(64):x}"}
+        for _attempt in range(2):
+            with self.client.post(
+                "/v1/feedback", data=body, headers=headers, name="claim", catch_response=True
+            ) as resp:
+                if resp.status_code in (202, 409):
+                    resp.success()
+                    return
+                if resp.status_code != 503:
+                    resp.failure(f"HTTP {resp.status_code}")
+                    return
+                resp.failure("HTTP 503")
+
     @task
     def page_view(self) -> None:
         member_id = self.population.next(self.rnd)
+        if self.opts.claim_offer and self.rnd.random() < self.opts.claim_share:
+            phases = [p for p in self.opts.claim_phases.split(",") if p]
+            if not phases or CLOCK.phase_now() in phases:
+                self._claim(member_id)
         body = {"member_id": member_id, "context": self._context()}
         feedback = self.rnd.random() < self.opts.feedback_share
         with self.client.post(

@@ -272,7 +272,16 @@ def loadtest(
     ] = "jittered",
     offers: Annotated[int, typer.Option(help="Catalog size of the started stack.")] = 200,
     members: Annotated[int, typer.Option(help="Known members (Zipf-skewed) in the started stack.")] = 10_000,
-    workers: Annotated[int, typer.Option(help="API processes of the started stack.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="API processes of the started stack (one `benefits serve --workers N`).")
+    ] = 1,
+    claim_units: Annotated[
+        int, typer.Option(help="flash: members race for a coupon of this many units (0: no claims).")
+    ] = 0,
+    claim_share: Annotated[float, typer.Option(help="Share of spike page views that also claim.")] = 0.2,
+    experiment: Annotated[
+        bool, typer.Option(help="Run a two-arm experiment (model vs popularity) and report it.")
+    ] = False,
     p99_ms: Annotated[float, typer.Option(help="Budget: p99 of recommend in ms.")] = 10.0,
     spike_p99_ms: Annotated[float, typer.Option(help="Budget during a flash-sale spike.")] = 25.0,
     max_error_rate: Annotated[float, typer.Option(help="Budget: share of failed requests.")] = 0.0,
@@ -323,6 +332,9 @@ def loadtest(
         offers=offers,
         members=members,
         workers=workers,
+        claim_units=claim_units,
+        claim_share=claim_share,
+        experiment=experiment,
         p99_ms=p99_ms,
         spike_p99_ms=spike_p99_ms,
         max_error_rate=max_error_rate,

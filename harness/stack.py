@@ -181,11 +181,13 @@ class Stack:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
-    def add_api(self, settings: Settings | None = None, name: str = "api") -> tuple[str, dict[str, Any]]:
-        """Start ``benefits serve`` with ``settings`` (default: the stack's) and wait until it is ready;
-        (base URL, its ``/readyz`` body)."""
+    def add_api(
+        self, settings: Settings | None = None, name: str = "api", workers: int = 1
+    ) -> tuple[str, dict[str, Any]]:
+        """Start ``benefits serve --workers N`` with ``settings`` (default: the stack's) and wait until it
+        is ready; (base URL, its ``/readyz`` body: of whichever process answered)."""
         s = settings or self.settings
-        proc = start_api(s, self.log_dir, name=name)
+        proc = start_api(s, self.log_dir, name=name, workers=workers)
         self.apis.append(proc)
         base = f"http://127.0.0.1:{s.port}"
         return base, wait_ready(base, proc)

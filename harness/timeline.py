@@ -107,6 +107,9 @@ def window_figures(tl: Timeline, scraper: Scraper | None, a: float, b: float) ->
             "feedback": client_stats(fb, fb_fail, secs),
         },
     }
+    if "claim" in tl.latencies_ms or "claim" in tl.failures:  # a flash sale with claims
+        cl, cl_fail = tl.window("claim", a, b)
+        out["client"]["claim"] = client_stats(cl, cl_fail, secs)
     if scraper is not None:
         lo, hi = scraper.at(tl.t0_wall + a), scraper.at(tl.t0_wall + b)
         if lo is not None and hi is not None and hi[0] > lo[0]:

@@ -60,3 +60,35 @@ def test_loadtest_command_end_to_end(tmp_path: Path) -> None:
     assert next(c for c in generous["checks"] if c["check"] == "p99_ms")["ok"]
     summary["budget"] = generous
     assert exit_code(summary) == (0 if all(c["ok"] for c in generous["checks"]) else 1)
+
+
+def test_flash_sale_with_claims_and_an_experiment_on_two_workers(tmp_path: Path) -> None:
+    """The flash-sale shape with members racing for a limited coupon, a two-arm experiment, and the API as
+    production runs it (``serve --workers 2``): the money state read back from Redis agrees with what the
+    server accepted and stays within the coupon's units and budget; both arms are counted and the report
+    calls no winner on this little data."""
+    cmd = [
+        sys.executable, "-m", "benefits.cli", "loadtest", "--shape", "flash", "--rps", "20", "--duration", "8",
+        "--spike-factor", "4", "--members", "300", "--workers", "2", "--claim-units", "25",
+        "--claim-share", "0.5", "--experiment", "--p99-ms", "10000", "--spike-p99-ms", "10000",
+        "--name", "flash", "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "flash.json").read_text())
+
+    claims = summary["claims"]
+    assert all(c["ok"] for c in claims["checks"]), claims
+    money, outcomes = claims["money"], claims["server_outcomes"]
+    assert 0 < money["units_reserved"] == outcomes["accepted"] <= 25
+    assert money["budget_used"] == money["units_reserved"] * 2.0 <= claims["budget"]
+    # Every claim the clients sent got an answer the server counted (accepted or a named refusal).
+    sent = summary["overall"]["client"]["claim"]["requests"]
+    assert sent > 0 and sum(outcomes.values()) >= sent - 2
+
+    exp = summary["experiment"]
+    assert set(exp["arms"]) == {"model", "popularity"}
+    views = sum(a["views"] for a in exp["arms"].values())
+    # Every recommend the server answered during the run (and the warm-up) was counted under an arm.
+    assert views >= summary["overall"]["client"]["recommend"]["requests"]
+    assert exp["comparisons"]["popularity"]["verdict"].startswith("keep running")
