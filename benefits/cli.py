@@ -158,9 +158,13 @@ def train(
         list[str] | None, typer.Option(help="LightGBM parameter KEY=VALUE (repeatable; overrides --params).")
     ] = None,
     params: Annotated[Path | None, typer.Option(help="LightGBM parameters: a JSON object file.")] = None,
+    objective: Annotated[
+        str, typer.Option(help="binary, or lambdarank (per-request ranking, calibrated into P(claim)).")
+    ] = "binary",
 ) -> None:
     """Build point-in-time training rows, train LightGBM, evaluate, export ONNX into the registry."""
     from training.pipeline import TrainOptions, parse_params, train_command
+    from training.sources import INPUT_ERRORS
 
     settings = _settings()
     try:
@@ -172,10 +176,15 @@ def train(
             split=split,  # type: ignore[arg-type]
             calibration=calibration,  # type: ignore[arg-type]
             params=parse_params(params, param or []),
+            objective=objective,  # type: ignore[arg-type]
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    train_command(settings, data=data, events=events, promote=promote, options=options)
+    try:
+        train_command(settings, data=data, events=events, promote=promote, options=options)
+    except INPUT_ERRORS as exc:  # data the user gave that cannot be used: one line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """Export a LightGBM booster to ONNX, prove parity, and write a registry version.
 
 The ONNX graph has one input, ``features`` (float32, ``[None, len(spec)]``), and one output,
-``probability`` (float32, ``[None]``, the positive-class probability). The converter's ``label``
+``probability`` (float32, ``[None]``, the positive-class probability; for a ``lambdarank`` model, its
+score through the calibration map, which such a model must have). The converter's ``label``
 output is removed: its declared shape does not match what onnxruntime computes, which makes
 onnxruntime log a warning on every run (field notes), and the service has no use for it.
 
@@ -104,13 +105,26 @@ def to_onnx(
         target_opset=15,
     )
     graph = model.graph
-    prob = next((o.name for o in graph.output if "prob" in o.name.lower()), None)
-    if prob is None:
-        raise ExportError(f"converter produced no probability output: {[o.name for o in graph.output]}")
-    # Column 1 of [N, 2] -> [N]: Gather on axis 1 with a scalar index.
-    graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
     raw = OUTPUT_NAME if calibration is None else "uncalibrated_probability"
-    graph.node.append(helper.make_node("Gather", [prob, "positive_class"], [raw], axis=1))
+    objective = booster_objective(booster)
+    if objective == "binary":
+        prob = next((o.name for o in graph.output if "prob" in o.name.lower()), None)
+        if prob is None:
+            raise ExportError(f"converter produced no probability output: {[o.name for o in graph.output]}")
+        # Column 1 of [N, 2] -> [N]: Gather on axis 1 with a scalar index.
+        graph.initializer.append(helper.make_tensor("positive_class", TensorProto.INT64, [], [1]))
+        graph.node.append(helper.make_node("Gather", [prob, "positive_class"], [raw], axis=1))
+    else:
+        # A ranking (or regression) score, [N, 1]: not a probability, so only a calibration map may turn
+        # it into the ``probability`` the service multiplies by value.
+        if calibration is None:
+            raise ExportError(
+                f"a {objective} model's score is not a probability: it needs a calibration map "
+                "(--calibration platt or isotonic)"
+            )
+        raw = "raw_score"
+        graph.initializer.append(helper.make_tensor("flat_shape", TensorProto.INT64, [1], [-1]))
+        graph.node.append(helper.make_node("Reshape", [graph.output[0].name, "flat_shape"], [raw]))
     if calibration is not None:
         nodes, inits = calibration.onnx_nodes(raw, OUTPUT_NAME)
         graph.node.extend(nodes)
@@ -125,6 +139,16 @@ def to_onnx(
     _prune(graph)
     onnx.checker.check_model(model)
     return model
+
+
+def booster_objective(booster: lgb.Booster) -> str:
+    """The booster's objective without its parameters (``binary``, ``lambdarank``, ...)."""
+    text = booster.model_to_string(num_iteration=1)
+    for line in text.splitlines():
+        if line.startswith("objective="):
+            words = line.split("=", 1)[1].split()
+            return words[0] if words else "binary"
+    return "binary"
 
 
 def _prune(graph: onnx.GraphProto) -> None:

@@ -1,35 +1,15 @@
 """``benefits train``: data -> point-in-time rows -> LightGBM -> evaluation -> report -> ONNX -> registry.
 
-Inputs (``data``):
+Inputs (``data``, read by :mod:`training.sources`): a simulation directory written by ``benefits
+simulate``; a bring-your-own impressions table (CSV/Parquet) with ``catalog.json`` beside it (or
+``--catalog``), optionally a members table, an event log (JSONL or an archive directory) and a feature
+specification (formats: :mod:`training.byod` and the README's "Bring your own data"); or an archive
+directory written by ``benefits archive`` alone (impressions and claims are events in it).
 
-1. A **simulation directory** written by ``benefits simulate`` (``impressions.parquet``,
-   ``events.jsonl``, ``catalog.json``).
-2. **Bring your own**: an impressions table, CSV or Parquet, one row per offer shown::
-
-       member_id   str     the member (same ids as in the event log)
-       offer_id    str     an offer of the catalog (rows of unknown offers are dropped, with a warning)
-       event_ts    float   when it was shown: Unix seconds UTC (a Parquet timestamp column also works)
-       label       0/1     the outcome to predict (claimed / redeemed / booked)
-       request_id  str     optional: which slate the row belongs to (NDCG is per request); default:
-                           one request per (member_id, event_ts, page context)
-       position    int     optional: rank in the slate (ties and order inside a request)
-       page_type   str     optional context: home, category, product, search, cart, checkout,
-                           member_center, order (default home)
-       category    str     optional context: the page's product category (default none)
-       device      str     optional context: ios, android, desktop, other (default other)
-       channel     str     optional context: app, web, mini_program (default app)
-       segment     str     optional: reported per segment when present
-       true_p      float   optional: a known true probability (reported as the "oracle")
-
-   with an optional **event log** (``--events``, JSONL, one ``features.events`` v1 event per line:
-   ``{"type": "page_view", "event_id": ..., "member_id": ..., "event_ts": ..., ...}``); without one,
-   the impressions and their labels are the only history (each labelled row becomes a claim event
-   one second after it). The catalog is ``catalog.json`` (a JSON list of offers, the admin API's
-   ``Offer`` model) next to the table, else the demo catalog.
-
-Rows are built as of each impression's time (:mod:`training.dataset`), split by time, trained with
-early stopping, evaluated on the latest slice against random, popularity, the currently promoted model
-and (when known) the true probabilities, exported to ONNX with a parity gate, and written to the
+Rows are built as of each impression's time (:mod:`training.dataset`), split by time (or by member),
+trained with early stopping (objective ``binary`` or ``lambdarank``), calibrated on the validation
+slice, evaluated on the held-out slice against random, popularity, the currently promoted model and
+(when known) the true probabilities, exported to ONNX with a parity gate, and written to the
 registry as ``models/VERSION/`` with ``metadata.json`` and ``report.html``. With ``promote`` the new
 version is promoted only when, on the same held-out rows, it beats the popularity baseline and the
 currently promoted model by at least ``promotion_min_auc_gain`` AUC (:func:`promotion_decision`); else it
@@ -49,33 +29,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from features import calibration as calibrate
 from features.calibration import Method
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
-from features.events import Event
-from features.offers import Offer
 from features.projection import DEFAULT_SPEC
 from features.spec import FeatureSpec, load_spec, spec_mismatch
-from features.taxonomy import load_catalog_file, spec_for_taxonomy
 from infra.registry import Registry
 from training import byod, dataset, evaluate, export, report, train
+from training.sources import Source, load_source
+
+__all__ = ["Outcome", "Source", "load_source", "promotion_decision", "run", "train_command"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Source:
-    impressions: pd.DataFrame
-    events: list[Event]
-    offers: list[Offer]
-    files: list[Path]
-    kind: str
-    description: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: The feature specification with the catalogue's vocabularies (set by load_source).
-    spec: FeatureSpec = DEFAULT_SPEC
 
 
 @dataclass
@@ -86,81 +52,6 @@ class Outcome:
     result: dict[str, Any]
     promoted: bool
     seconds: dict[str, float]
-
-
-def load_source(
-    data: Path,
-    events: Path | None = None,
-    *,
-    catalog: Path | None = None,
-    members: Path | None = None,
-    history: byod.History = "both",
-    spec: FeatureSpec | None = None,
-) -> Source:
-    """Read a simulation directory or a bring-your-own impressions table (see module docstring).
-
-    The catalogue (``catalog.json`` in the directory or beside the table, unless ``catalog`` is given)
-    declares the taxonomy; ``spec`` (the default specification when None) takes its vocabularies from it
-    (:func:`features.taxonomy.spec_for_taxonomy`), and so does the returned ``Source.spec``.
-    """
-    data = Path(data)
-    base_spec = spec or DEFAULT_SPEC
-    if not data.exists():
-        raise byod.DataError(
-            f"{data} does not exist (expected a simulation directory or a CSV/Parquet table)"
-        )
-    cat_path = (
-        Path(catalog) if catalog is not None else (data if data.is_dir() else data.parent) / "catalog.json"
-    )
-    if not cat_path.exists():
-        raise byod.DataError(
-            f"no catalogue: expected {cat_path} (a JSON list of offers or {{taxonomy, offers}}; see README "
-            "'Bring your own data'), or pass --catalog"
-        )
-    taxonomy, offers = load_catalog_file(cat_path)
-    spec = spec_for_taxonomy(base_spec, taxonomy)
-    extra: list[Event] = []
-    if byod.is_archive(data):
-        # The retraining loop: the archive is both the history and, through its impression and claim
-        # events, the impressions table.
-        evs = byod.load_event_source(data)
-        if events is not None:
-            evs = [*evs, *byod.load_event_source(Path(events))]
-        imp = byod.impressions_from_events(evs)
-        meta: dict[str, Any] = {"history": "events"}
-        kind = "archive"
-        files = [cat_path, *sorted(data.glob("event_date=*/part-*.parquet"))]
-    elif data.is_dir():
-        imp_path = data / "impressions.parquet"
-        ev_path = Path(events) if events is not None else data / "events.jsonl"
-        meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").exists() else {}
-        imp = pd.read_parquet(imp_path)
-        evs = byod.load_event_source(ev_path) if ev_path.exists() else []
-        kind = str(meta.get("kind", "directory"))
-        files = [imp_path, ev_path, cat_path]
-    else:
-        imp, extra = byod.impression_table(data, spec)
-        files = [data, cat_path]
-        meta = {}
-        kind = "bring_your_own"
-        logged = byod.load_event_source(events) if events is not None else []
-        if events is not None:
-            files.append(Path(events))
-        if events is None and history == "events":
-            raise byod.DataError("history=events needs an event log (--events)")
-        prepared = dataset.prepare_impressions(imp, offers)
-        evs = byod.combine_history(prepared, offers, logged, history if events is not None else "labels")
-        imp = prepared.drop(columns=["group"])
-        meta["history"] = history if events is not None else "labels"
-    if members is not None:
-        extra = [*extra, *byod.members_events(Path(members), spec)]
-        files.append(Path(members))
-    if extra:
-        meta["attribute_events"] = len(extra)
-        evs = [*evs, *extra]
-    src = Source(imp, evs, offers, [f for f in files if f.is_file()], kind, str(data), meta)
-    src.spec = spec
-    return src
 
 
 def _iso(ts: float) -> str:
@@ -240,8 +131,15 @@ def run(
     history: byod.History = "both",
     split_by: Literal["time", "member"] = "time",
     calibration: Method = "platt",
+    objective: train.Objective = "binary",
 ) -> Outcome:
-    """The whole pipeline; returns the registered version and its evaluation."""
+    """The whole pipeline; returns the registered version and its evaluation.
+
+    ``objective`` ``lambdarank`` ranks the rows of each request (LambdaMART); its score is calibrated into
+    P(claim) on the validation slice (Platt unless ``calibration`` says isotonic; ``none`` is refused), so
+    the served output stays a probability and p x value - cost still holds."""
+    if objective == "lambdarank" and calibration == "none":
+        raise ValueError("lambdarank scores are not probabilities: use --calibration platt or isotonic")
     secs: dict[str, float] = {}
     t = time.perf_counter()
     src = source or load_source(data, events, catalog=catalog, members=members, history=history, spec=spec)
@@ -252,7 +150,10 @@ def run(
     ts = dataset.build(src.impressions, src.events, src.offers, progress=progress, spec=spec)
     secs["build"] = time.perf_counter() - t
     if len(ts) == 0:
-        raise ValueError("no impressions to train on")
+        raise byod.DataError(
+            f"no impressions to train on in {src.description} "
+            "(rows of offers not in the catalogue are dropped)"
+        )
     y, tsec, groups, frame = ts.y, ts.ts, ts.groups, ts.frame
 
     t = time.perf_counter()
@@ -260,7 +161,9 @@ def run(
         split = train.member_split(frame["member_id"].to_numpy())
     else:
         split = train.time_split(tsec)
-    fit = train.train_binary(ts.X, y, split, params=params, feature_names=spec.names)
+    fit = train.train_binary(
+        ts.X, y, split, params=params, feature_names=spec.names, objective=objective, groups=groups
+    )
     secs["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -269,12 +172,18 @@ def run(
     registry = Registry(registry_dir)
     offers_col = frame["offer_id"].to_numpy()
     raw_test = np.asarray(booster.predict(ts.X[te]), dtype=np.float64)
+    binary = objective == "binary"
     calib = (
-        calibrate.fit(np.asarray(booster.predict(ts.X[split.valid])), y[split.valid], calibration)
+        calibrate.fit(
+            np.asarray(booster.predict(ts.X[split.valid])), y[split.valid], calibration, probabilities=binary
+        )
         if split.valid.any()
         else None
     )
-    ece_before = evaluate.calibration(y[te], raw_test)["ece"]
+    if calib is None and not binary:
+        raise byod.DataError("no validation rows with both outcomes to calibrate the lambdarank score on")
+    # A ranking score is not a probability: it has no calibration error of its own to report.
+    ece_before = evaluate.calibration(y[te], raw_test)["ece"] if binary else None
     scores: dict[str, np.ndarray] = {
         "model": calib.apply(raw_test) if calib is not None else raw_test,
         "popularity": evaluate.popularity(offers_col[split.train], y[split.train], offers_col[te]),
@@ -322,7 +231,7 @@ def run(
         "schema_version": spec.version,
         "event_schema_version": EVENT_SCHEMA_VERSION,
         "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, len(spec)]},
-        "objective": "binary",
+        "objective": objective,
         "calibration": calib_meta,
         "split": split_by,
         "training_window": windows,
@@ -359,9 +268,15 @@ def run(
             if split_by == "time"
             else f"split by member: test members never seen in training ({windows['test']['rows']:,} rows)"
         ),
-        f"LightGBM binary, {fit.best_iteration} trees (early stopping on the validation slice)",
-        f"calibration ({calib_meta['method']}, fitted on the validation slice): test ECE "
-        f"{ece_before:.4f} before, {ece_after:.4f} after",
+        f"LightGBM {objective}, {fit.best_iteration} trees (early stopping on the validation slice"
+        f"{' by NDCG@5' if not binary else ''})",
+        (
+            f"calibration ({calib_meta['method']}, fitted on the validation slice): test ECE "
+            f"{ece_before:.4f} before, {ece_after:.4f} after"
+            if ece_before is not None
+            else f"calibration ({calib_meta['method']}, fitted on the validation slice) turns the "
+            f"{objective} score into P(claim), so p x value - cost holds: test ECE {ece_after:.4f}"
+        ),
         f"ONNX parity: max abs diff {parity:.2e} (tolerance {export.PARITY_TOLERANCE:g})",
         *result.get("notes", []),
     ]
@@ -399,15 +314,21 @@ class TrainOptions:
     split: Literal["time", "member"] = "time"
     calibration: Method = "platt"
     params: dict[str, Any] = field(default_factory=dict)
+    objective: train.Objective = "binary"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("history", self.history, ("both", "events", "labels")),
             ("split", self.split, ("time", "member")),
             ("calibration", self.calibration, ("platt", "isotonic", "none")),
+            ("objective", self.objective, train.OBJECTIVES),
         ):
             if value not in allowed:
                 raise ValueError(f"--{name} {value!r} is not one of {list(allowed)}")
+        if self.params.get("objective", self.objective) != self.objective:
+            raise ValueError(f"--param objective={self.params['objective']}: use --objective instead")
+        if self.objective == "lambdarank" and self.calibration == "none":
+            raise ValueError("--objective lambdarank needs --calibration platt or isotonic")
 
 
 def parse_params(path: Path | None, pairs: list[str]) -> dict[str, Any]:
@@ -415,7 +336,10 @@ def parse_params(path: Path | None, pairs: list[str]) -> dict[str, Any]:
     they parse, e.g. numbers and booleans, else kept as text)."""
     out: dict[str, Any] = {}
     if path is not None:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"--params {path}: {exc.strerror}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of LightGBM parameters")
         out.update(data)
@@ -448,6 +372,7 @@ def train_command(
         history=o.history,
         split_by=o.split,
         calibration=o.calibration,
+        objective=o.objective,
         min_auc_gain=settings.promotion_min_auc_gain,
     )
     m = out.result["overall"]
@@ -462,9 +387,9 @@ def train_command(
         )
     lines.extend(f"  note: {n}" for n in out.result.get("notes", []))
     cal = out.metadata["calibration"]
-    lines.append(
-        f"  calibration {cal['method']}: test ECE {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f}"
-    )
+    ece0 = cal["test_ece_before"]
+    before = f"{ece0:.4f}" if ece0 is not None else "n/a (a ranking score)"
+    lines.append(f"  calibration {cal['method']}: test ECE {before} -> {cal['test_ece_after']:.4f}")
     lines.append(f"  report: {out.path / export.REPORT_FILE}")
     # User-facing CLI output.
     print("\n".join(lines))

@@ -6,9 +6,12 @@ trained on, as it will be used. ``train < t1 <= valid < t2 <= test`` with ``t1``
 is only scored once at the end. All rows of one request share a time, so a request never straddles
 a boundary.
 
-The objective is binary (claim or not): the service needs a calibrated probability for the value
-re-rank (expected value = p x offer value), which a lambdarank score is not. NDCG per request is still
-reported by :mod:`training.evaluate`.
+The objective is binary (claim or not) by default: the service needs a calibrated probability for the
+value re-rank (expected value = p x offer value). ``lambdarank`` (LightGBM's LambdaMART over the rows of
+each request, early-stopped on validation NDCG@5) is offered beside it; its score is not a probability,
+so the pipeline always calibrates it into P(claim) on the validation slice (Platt by default) and the
+served graph outputs that probability, keeping p x value - cost meaningful. NDCG per request is reported
+by :mod:`training.evaluate` for both.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+Objective = Literal["binary", "lambdarank"]
+OBJECTIVES: tuple[str, ...] = Objective.__args__  # type: ignore[attr-defined]
 
 #: Two threads: the machines are 2-core and shared with the service under test (field notes).
 NUM_THREADS = 2
@@ -99,6 +105,16 @@ class TrainResult:
     params: dict[str, Any]
 
 
+def group_sizes(groups: np.ndarray) -> list[int]:
+    """Run lengths of the request numbers ``groups`` (a request's rows are contiguous): LightGBM's
+    ``group`` argument for a ranking objective."""
+    g = np.asarray(groups)
+    if len(g) == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    return np.diff(np.r_[starts, len(g)]).astype(int).tolist()
+
+
 def train_binary(
     X: np.ndarray,
     y: np.ndarray,
@@ -107,9 +123,17 @@ def train_binary(
     num_boost_round: int = 1000,
     early_stopping_rounds: int = 40,
     feature_names: list[str] | tuple[str, ...] | None = None,
+    *,
+    objective: Objective = "binary",
+    groups: np.ndarray | None = None,
 ) -> TrainResult:
-    """Fit on ``split.train`` with early stopping on ``split.valid`` (log loss)."""
-    p = {**DEFAULT_PARAMS, **(params or {})}
+    """Fit on ``split.train`` with early stopping on ``split.valid`` (log loss; NDCG@5 for
+    ``lambdarank``, which needs ``groups``, the request number of each row)."""
+    p = {**DEFAULT_PARAMS, **(params or {}), "objective": objective}
+    if objective == "lambdarank":
+        if groups is None:
+            raise ValueError("lambdarank needs the request of each row (groups)")
+        return _train_ranker(X, y, split, p, num_boost_round, early_stopping_rounds, feature_names, groups)
     t0 = time.perf_counter()
     if feature_names is None:
         from features.projection import FEATURE_NAMES
@@ -138,6 +162,46 @@ def train_binary(
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     seconds = time.perf_counter() - t0
     log.info("trained %d trees on %d rows in %.1fs", best, int(split.train.sum()), seconds)
+    return TrainResult(booster, int(best), seconds, p)
+
+
+def _train_ranker(
+    X: np.ndarray,
+    y: np.ndarray,
+    split: Split,
+    p: dict[str, Any],
+    num_boost_round: int,
+    early_stopping_rounds: int,
+    feature_names: list[str] | tuple[str, ...] | None,
+    groups: np.ndarray,
+) -> TrainResult:
+    t0 = time.perf_counter()
+    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(X.shape[1])]
+    label = y.astype(np.int32)
+    dtrain = lgb.Dataset(
+        X[split.train], label=label[split.train], group=group_sizes(groups[split.train]), feature_name=names
+    )
+    callbacks: list[Any] = [lgb.log_evaluation(period=0)]
+    valid_sets = []
+    if split.valid.any() and y[split.valid].sum() > 0:
+        dvalid = lgb.Dataset(
+            X[split.valid], label=label[split.valid], group=group_sizes(groups[split.valid]), reference=dtrain
+        )
+        valid_sets = [dvalid]
+        callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
+    booster = lgb.train(
+        {**p, "metric": "ndcg", "eval_at": [5]},
+        dtrain,
+        num_boost_round=num_boost_round,
+        valid_sets=valid_sets,
+        valid_names=["valid"] if valid_sets else None,
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    if booster.best_iteration and booster.best_iteration < booster.current_iteration():
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    seconds = time.perf_counter() - t0
+    log.info("trained %d lambdarank trees on %d rows in %.1fs", best, int(split.train.sum()), seconds)
     return TrainResult(booster, int(best), seconds, p)
 
 
