@@ -183,7 +183,7 @@ async def _wait_folded(
         while True:
             stored = await store.get_members(members)
             done = sum(
-                1 for m, s in zip(members, stored, strict=True) if s and s.state.events_total >= counts[m]
+                1 for m, s in zip(members, stored, strict=True) if s and s.state.events_folded >= counts[m]
             )
             if done == len(members):
                 return

@@ -16,6 +16,34 @@ Hence a shuffled stream folds to the same state as the sorted one. Exactly-once 
 record is the adapter's job (offset watermarks, see ``infra/redis_layout.py``). A *producer* retry is a
 second record with the same ``event_id``: the fold skips an event id it has already applied to this
 member, within a bounded window (:data:`APPLIED_IDS_KEPT`, below).
+
+Personalisation consent (:mod:`features.consent`). Every event has an *obligation* part, folded
+whatever the member's consent, and a *behaviour* part, folded only for events at or after
+:func:`collect_from` (consent on at their time and later than the latest opt-out). An opt-out clears the
+behaviour fields (:func:`forget_behaviour`); an opt-in resumes collection from its time. What survives:
+
+- consent itself: ``personalization_consent``, ``consent_set``, ``consent_log``;
+- the membership contract, sent by the membership system: ``tier``, ``paid_*``, ``points*``, and
+  ``growth_weeks`` (spend per week towards the next tier: week and amount, no items or categories);
+- the profile the member gave the programme (birthday, region and tenure rules): ``birth_month``,
+  ``region``, ``joined_ts``, ``profile_set``, and the business's declared ``attributes`` (read only by
+  the model, which is off without consent); ``first_seen_ts`` (tenure fallback: a minimum no event
+  during an opt-out can lower below the opt-out's own time);
+- per offer, the caps and cool-downs (``claimed``), redemptions, the member's "not for me"
+  (``dismissed``) and the impression times the frequency cap (``fatigue``) counts, i.e. what the service
+  showed, not what the member did: ``claims``, ``last_claim_ts``, ``redeems``, ``dismisses``,
+  ``last_dismiss_ts``, ``recent_shown_ts``, ``last_shown_ts``; ``coupon_claims_total``,
+  ``coupon_redeems_total``;
+- ``member_id``, ``applied`` (the retry window: event time and a hash of the id, no content) and
+  ``events_folded`` (how many events were applied: replay and progress probes; no feature reads it).
+
+Dropped while consent is off, and cleared by an opt-out: ``counts``, ``last_ts`` (hence days since
+order), ``cat_interest``, ``cat_last_ts``, ``cat_orders``, ``spend``, ``items``, ``orders_total``,
+``spend_total``, ``orders_with_coupon``, ``discount_total``, ``last_visit_ts``, ``visit_days`` (hence the
+lifecycle stage), ``events_total``, ``last_event_ts``; per offer ``shown``, ``clicks``,
+``last_click_ts``. A page view, search, add-to-cart or click during an opt-out changes only the retry
+window and ``events_folded``. Order independence holds with the bound in :mod:`features.consent`: a late
+consent change can lose behaviour, never keep any it should not.
 """
 
 from __future__ import annotations
@@ -25,7 +53,9 @@ import hashlib
 
 import msgspec
 
+from features import consent
 from features import events as ev
+from features.consent import ConsentChange
 from features.decay import Decayed
 
 #: Event kinds with a decayed count and a recency in the state.
@@ -158,6 +188,8 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     growth_weeks: dict[int, float] = {}
     personalization_consent: bool = True
     consent_set: _Attr = msgspec.field(default_factory=_Attr)
+    #: The latest opt-out and the opt-ins after it (:mod:`features.consent`): what may be kept.
+    consent_log: list[ConsentChange] = []
     birth_month: int = 0
     region: str = ""
     joined_ts: float = 0.0
@@ -165,6 +197,8 @@ class MemberState(msgspec.Struct, gc=False, omit_defaults=True):
     first_seen_ts: float = 0.0
     last_event_ts: float = 0.0
     events_total: int = 0
+    #: Every event applied, with or without consent (replay and progress probes; no feature reads it).
+    events_folded: int = 0
     offers: dict[str, OfferInteraction] = {}
     #: (event_ts, event id hash) of the latest applied events, ascending, at most APPLIED_IDS_KEPT.
     applied: list[tuple[float, int]] = []
@@ -279,18 +313,60 @@ def _remember(state: MemberState, event: ev.Event) -> bool:
     return True
 
 
-def apply(state: MemberState, event: ev.Event) -> MemberState:
-    """Fold one event into the member's state (in place) and return it; an event id already applied
-    to this member (within the window) changes nothing."""
-    if not _remember(state, event):
-        return state
-    ts = event.event_ts
-    kind = ev.event_type(event)
-    if not state.member_id:
-        state.member_id = event.member_id
+def collect_from(state: MemberState) -> float:
+    """The event time from which the member's behaviour may be kept (:func:`features.consent.collect_from`;
+    a state written before the consent log existed counts its consent flag as one change)."""
+    if state.consent_log:
+        return consent.collect_from(state.consent_log)
+    return 0.0 if state.personalization_consent else consent.NEVER
+
+
+def forget_behaviour(state: MemberState) -> None:
+    """Clear every behaviour field (see the module docstring); obligation fields stay."""
+    state.counts = {}
+    state.last_ts = {}
+    state.cat_interest = {}
+    state.cat_last_ts = {}
+    state.cat_orders = {}
+    state.spend = Decayed()
+    state.items = Decayed()
+    state.orders_total = 0
+    state.spend_total = 0.0
+    state.orders_with_coupon = 0
+    state.discount_total = 0.0
+    state.last_visit_ts = 0.0
+    state.visit_days = []
+    state.events_total = 0
+    state.last_event_ts = 0.0
+    for offer_id, inter in list(state.offers.items()):
+        inter.shown = 0
+        inter.clicks = 0
+        inter.last_click_ts = 0.0
+        if inter == _NOTHING:
+            del state.offers[offer_id]  # only clicks were known: nothing of it is an obligation
+
+
+_NOTHING = OfferInteraction()
+
+
+def _consent_changed(state: MemberState, event: ev.ConsentChanged) -> None:
+    before = collect_from(state)
+    if not state.consent_log and state.consent_set.ts:
+        # A state folded before the log existed: its last change is the log's first entry.
+        c = state.consent_set
+        consent.record(state.consent_log, ConsentChange(c.ts, c.event_id, state.personalization_consent))
+    if _newer(state.consent_set, event):
+        state.personalization_consent = event.personalization
+    consent.record(state.consent_log, ConsentChange(event.event_ts, event.event_id, event.personalization))
+    if collect_from(state) > before:
+        # A (possibly late) opt-out: what was collected before the new start goes, and a late one
+        # takes what was folded after it with it (see features.consent for what this can lose).
+        forget_behaviour(state)
+
+
+def _behaviour(state: MemberState, event: ev.Event, kind: str, ts: float) -> None:
+    """The part of an event kept only with consent (see the module docstring)."""
     state.events_total += 1
-    if state.first_seen_ts == 0.0 or ts < state.first_seen_ts:
-        state.first_seen_ts = ts
     if ts > state.last_event_ts:
         state.last_event_ts = ts
     if kind in COUNTED_KINDS:
@@ -299,7 +375,6 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
             state.last_ts[kind] = ts
     if kind in VISIT_KINDS:
         _visit(state, ts)
-
     match event:
         case ev.PageView(category=cat) | ev.Search(category=cat):
             if cat is not None:
@@ -316,6 +391,20 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
                 state.discount_total += event.discount
             for c in sorted(set(event.categories)):
                 _bump(state.cat_orders, c, ts)
+        case ev.Impression():
+            _interaction(state, event.offer_id).shown += 1
+        case ev.Click():
+            inter = _interaction(state, event.offer_id)
+            inter.clicks += 1
+            inter.last_click_ts = max(inter.last_click_ts, ts)
+        case _:
+            pass
+
+
+def _obligations(state: MemberState, event: ev.Event, ts: float) -> None:
+    """The part of an event folded whatever the consent: rules, caps and the membership contract."""
+    match event:
+        case ev.Order():
             _grow(state, ts, event.amount)
         case ev.CouponClaim():
             state.coupon_claims_total += 1
@@ -331,17 +420,12 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
             inter.last_claim_ts = max(inter.last_claim_ts, ts)
         case ev.Impression():
             inter = _interaction(state, event.offer_id)
-            inter.shown += 1
             inter.last_shown_ts = max(inter.last_shown_ts, ts)
             recent = inter.recent_shown_ts
             recent.append(ts)
             recent.sort()
             if len(recent) > IMPRESSION_TIMES_KEPT:
                 del recent[0]
-        case ev.Click():
-            inter = _interaction(state, event.offer_id)
-            inter.clicks += 1
-            inter.last_click_ts = max(inter.last_click_ts, ts)
         case ev.Dismiss():
             inter = _interaction(state, event.offer_id)
             inter.dismisses += 1
@@ -370,9 +454,6 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
                 state.points = event.points
                 lots = sorted((lot.expires_at, lot.points) for lot in event.expiring)
                 state.points_expiring = lots[-POINTS_LOTS_KEPT:]
-        case ev.ConsentChanged():
-            if _newer(state.consent_set, event):
-                state.personalization_consent = event.personalization
         case ev.ProfileUpdated():
             if _newer(state.profile_set, event):
                 if event.birth_month is not None:
@@ -385,6 +466,25 @@ def apply(state: MemberState, event: ev.Event) -> MemberState:
             _set_attributes(state, event)
         case _:
             pass
+
+
+def apply(state: MemberState, event: ev.Event) -> MemberState:
+    """Fold one event into the member's state (in place) and return it; an event id already applied
+    to this member (within the window) changes nothing. Its behaviour part is folded only with consent
+    (see the module docstring)."""
+    if not _remember(state, event):
+        return state
+    ts = event.event_ts
+    state.events_folded += 1
+    if not state.member_id:
+        state.member_id = event.member_id
+    if state.first_seen_ts == 0.0 or ts < state.first_seen_ts:
+        state.first_seen_ts = ts
+    if isinstance(event, ev.ConsentChanged):
+        _consent_changed(state, event)
+    if ts >= collect_from(state):
+        _behaviour(state, event, ev.event_type(event), ts)
+    _obligations(state, event, ts)
     return state
 
 

@@ -237,9 +237,9 @@ async def read_offer_stats(redis_url: str, prefix: str) -> dict[str, OfferCounte
 
 
 async def events_folded(redis_url: str, prefix: str, member_ids: Sequence[str]) -> int:
-    """Sum of ``events_total`` over the members' stored states (progress probe)."""
+    """Sum of ``events_folded`` over the members' stored states (progress probe)."""
     members = await read_members(redis_url, prefix, member_ids)
-    return sum(m.state.events_total for m in members.values())
+    return sum(m.state.events_folded for m in members.values())
 
 
 async def wait_folded(

@@ -151,7 +151,7 @@ def rebuild(records: Iterable[LogRecord], offers: Iterable[Offer], retention_sec
             if rec.offset is not None:
                 st.offset = rec.offset
     for mid in out.erased:
-        if members[mid].state.events_total == 0:
+        if members[mid].state.events_folded == 0:
             del members[mid]  # erased and silent since: the worker deletes the blob, so no blob
     known = {o.offer_id: o for o in offers}
     for offer_id, per in claims.items():
