@@ -537,3 +537,13 @@ def check_feature(feature: Feature, spec: FeatureSpec) -> None:
 
 def build(feature: Feature, spec: FeatureSpec) -> Callable[..., Any]:
     return kind_of(feature).build(dict(feature.params), spec)
+
+
+def _register_member_offer_attribute() -> None:
+    # In its own module (this one is at its size limit); registered here so every specification sees it.
+    from features.member_offer_attributes import member_offer_attribute
+
+    KINDS["member_offer_attribute"] = Kind("row", member_offer_attribute)
+
+
+_register_member_offer_attribute()
