@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from features.offers import Offer
 from features.projection import DEFAULT_SPEC, Context, OfferTable, rows
 from features.spec import FeatureSpec
 from features.state import apply, new_state
+from training.consent_filter import ConsentFiltered, drop_opted_out
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class TrainingSet:
     offers: list[Offer]
     seconds: float = 0.0
     spec: FeatureSpec = DEFAULT_SPEC
+    #: rows and events left out because the member's consent was off (training.consent_filter)
+    consent: ConsentFiltered = field(default_factory=ConsentFiltered)
 
     @property
     def y(self) -> np.ndarray:
@@ -253,12 +256,12 @@ def build(
     """Feature rows for every impression, as of its own time (see the module docstring)."""
     t0 = time.perf_counter()
     offers = list(offers)
-    df = prepare_impressions(impressions, offers)
+    df, dropped = drop_opted_out(prepare_impressions(impressions, offers), events)
     table = OfferTable(offers, spec)
     n = len(df)
     X = np.zeros((n, len(spec)), dtype=np.float32)
     if n == 0:
-        return TrainingSet(df, X, offers, 0.0, spec)
+        return TrainingSet(df, X, offers, 0.0, spec, dropped)
     ts_all = df["event_ts"].to_numpy()
     bucket = np.floor(ts_all / stats_refresh_seconds) * stats_refresh_seconds
     statics = offer_statics(events, table, bucket)
@@ -314,7 +317,7 @@ def build(
         table.static = base_static
     seconds = time.perf_counter() - t0
     log.info("built %d rows (%d requests, %d members) in %.1fs", n, len(order), len(cuts), seconds)
-    return TrainingSet(df, X, offers, seconds, spec)
+    return TrainingSet(df, X, offers, seconds, spec, dropped)
 
 
 def data_hash(paths: Iterable[Path]) -> str:

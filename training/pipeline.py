@@ -243,6 +243,8 @@ def run(
             "requests": len(np.unique(groups)),
             "events": len(src.events),
             "offers": len(src.offers),
+            # Rows shown while the member had opted out are not trained on (training.consent_filter).
+            "consent": ts.consent.as_dict(),
         },
         "code_version": export.code_version(),
         "parity": {"max_abs_diff": parity, "tolerance": export.PARITY_TOLERANCE, "rows": export.PARITY_ROWS},
@@ -262,6 +264,14 @@ def run(
     notes = [
         f"data: {src.kind} ({src.description}), {len(ts):,} impressions, "
         f"{metadata['data']['requests']:,} requests",
+        *(
+            [
+                f"consent: {ts.consent.rows_dropped:,} impression rows of {ts.consent.members_opted_out:,} "
+                "members shown while they had opted out were left out"
+            ]
+            if ts.consent.rows_dropped
+            else []
+        ),
         (
             f"split by time: train {windows['train']['start']} .. {windows['train']['end']}, "
             f"test {windows['test']['start']} .. {windows['test']['end']} ({windows['test']['rows']:,} rows)"
