@@ -16,7 +16,8 @@ before it still decodes (``v`` stays 1). Added since the first release: ``arm`` 
 experiment arm, ``None`` outside an experiment) on the feedback events (impression, click, dismiss,
 claims, redemption); ``plan`` and ``expires_at`` on ``paid_membership_started`` and the
 ``paid_membership_renewed`` event (issue 19); ``expiring`` (points lots with their expiry) on
-``points_changed``.
+``points_changed``; the page context (``page_type``, ``category``, ``device``, ``channel``) on
+``impression``.
 """
 
 from __future__ import annotations
@@ -108,12 +109,23 @@ class ConsultBooked(_Event, tag="consult_booked", frozen=True):
     arm: ArmName | None = None
 
 
+#: A page-context value as the service ranked with it (already mapped to the specification's vocabulary).
+ContextValue = Annotated[str, msgspec.Meta(min_length=1, max_length=48)]
+
+
 class Impression(_Event, tag="impression", frozen=True):
     request_id: Id
     offer_id: Id
     position: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
     propensity: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
     arm: ArmName | None = None
+    #: The page the offer was shown on (the feedback's ``context``, normalised as the recommend request's
+    #: was); None when the storefront did not say. Training from the archive alone reads it back, so its
+    #: rows see the context serving saw.
+    page_type: ContextValue | None = None
+    category: Category | None = None
+    device: ContextValue | None = None
+    channel: ContextValue | None = None
 
 
 class Click(_Event, tag="click", frozen=True):

@@ -65,13 +65,17 @@ def to_event(
     propensity: float | None = None,
     arm: str | None = None,
     event_id: str | None = None,
+    context: Context | None = None,
 ) -> ev.Event:
-    """The member event a feedback message stands for."""
+    """The member event a feedback message stands for (an impression keeps its page ``context``)."""
     eid, mid, ts = event_id or uuid.uuid4().hex, member_id, event_ts
     if kind == "impression":
+        c = context
         return ev.Impression(
             event_id=eid, member_id=mid, event_ts=ts, request_id=request_id, offer_id=offer_id,
             position=position, propensity=propensity, arm=arm,
+            page_type=c.page_type if c else None, category=c.category if c else None,
+            device=c.device if c else None, channel=c.channel if c else None,
         )  # fmt: skip
     if kind == "click":
         return ev.Click(
@@ -146,7 +150,7 @@ class FeedbackService:
             return out
         event = to_event(
             kind, member_id, offer_id, offer.kind, request_id, event_ts or time.time(), position, propensity,
-            arm, eid,
+            arm, eid, context,
         )  # fmt: skip
         try:
             await self.publisher.send(member_id, ev.encode(event))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import api
 from service.deps import FeedbackDep, MemberTokenDep, ResourcesDep, check_member_token, require_storefront
 from service.errors import NotFound, ServiceError
-from service.schemas import MemberId, OfferIdStr, RequestId
+from service.schemas import MemberId, OfferIdStr, RecommendContext, RequestId
 
 router = APIRouter(dependencies=[Depends(require_storefront)], responses=api._errors, tags=["storefront"])
 
@@ -86,6 +86,9 @@ class FeedbackBatch(BaseModel):
     arm: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     event_ts: Annotated[float, Field(ge=946684800.0, le=4102444800.0)] | None = None
     items: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH)]
+    #: The page the slate was shown on (the recommend request's ``context``): impressions keep it, so
+    #: retraining from the event archive sees the context serving ranked with.
+    context: RecommendContext | None = None
 
 
 class BatchResult(BaseModel):
@@ -123,6 +126,12 @@ async def feedback_batch(
 
     check_member_token(res, member_token, body.member_id)
     api.check_feedback_time(body.event_ts, res.settings)
+    c = body.context
+    context = (
+        res.catalog.context_vocabulary.normalise(c.page_type, c.category, c.device, c.channel)[0]
+        if c is not None
+        else None
+    )
 
     async def one(item: BatchItem) -> dict[str, object]:
         try:
@@ -135,6 +144,7 @@ async def feedback_batch(
                 item.position,
                 item.propensity,
                 body.arm,
+                context=context,
             )
         except ServiceError as exc:
             return {"offer_id": item.offer_id, "status": "refused", "error": exc.code, "message": exc.message}

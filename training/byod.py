@@ -37,6 +37,7 @@ from features.spec import FeatureSpec
 log = logging.getLogger(__name__)
 
 History = Literal["both", "events", "labels"]
+CONTEXT_COLUMNS = ("page_type", "category", "device", "channel")
 IMPRESSION_COLUMNS = (
     "member_id",
     "offer_id",
@@ -50,6 +51,9 @@ IMPRESSION_COLUMNS = (
     "channel",
     "segment",
     "true_p",
+    # The logging policy's probabilities, for counterfactual evaluation (training.counterfactual).
+    "propensity",
+    "propensity_marginal",
 )
 #: When a members table gives no time, its attributes hold from the start (2000-01-01, the earliest
 #: event time the schema accepts).
@@ -217,15 +221,21 @@ def impressions_from_events(
 ) -> pd.DataFrame:
     """The impressions table of an event log (e.g. the archive): one row per ``impression`` event, label
     1 when the member claimed that offer within ``window_seconds`` after it (each claim labels the
-    latest impression of the offer before it). The page context is not on impression events: rows get
-    the defaults."""
+    latest impression of the offer before it). The page context is the one the impression carries (the
+    storefront's feedback ``context``, as the service normalised it); an impression without it gets the
+    defaults (home, no category, other, app)."""
     shown: dict[tuple[str, str], list[int]] = {}
-    rows: list[tuple[str, str, float, str, int]] = []
+    rows: list[tuple[str, str, float, str, int, str, str | None, str, str]] = []
     claims: list[tuple[str, str, float]] = []
     for e in events:
         if isinstance(e, ev.Impression):
             shown.setdefault((e.member_id, e.offer_id), []).append(len(rows))
-            rows.append((e.member_id, e.offer_id, e.event_ts, e.request_id, e.position))
+            rows.append(
+                (
+                    e.member_id, e.offer_id, e.event_ts, e.request_id, e.position,
+                    e.page_type or "home", e.category, e.device or "other", e.channel or "app",
+                )
+            )  # fmt: skip
         elif isinstance(e, _CLAIMS):
             claims.append((e.member_id, e.offer_id, e.event_ts))
     label = np.zeros(len(rows), dtype=np.int8)
@@ -234,7 +244,10 @@ def impressions_from_events(
         before = [i for i in idx if rows[i][2] < ts <= rows[i][2] + window_seconds]
         if before:
             label[max(before, key=lambda i: rows[i][2])] = 1
-    df = pd.DataFrame(rows, columns=["member_id", "offer_id", "event_ts", "request_id", "position"])
+    df = pd.DataFrame(
+        rows,
+        columns=["member_id", "offer_id", "event_ts", "request_id", "position", *CONTEXT_COLUMNS],
+    )
     df["label"] = label
     return df
 

@@ -185,3 +185,41 @@ def test_the_archive_alone_is_a_training_source(sim_dir: Path, tmp_path: Path) -
     )
     out = pipeline.run(tmp_path / "reg", tmp_path / "archive", promote=False, progress=False, source=src)
     assert out.result["overall"]["model"]["auc"] > 0.6
+
+
+def test_impressions_keep_their_page_context_through_the_archive(tmp_path: Path) -> None:
+    """The storefront's feedback context travels on the impression event, so training from the archive
+    alone sees the context serving ranked with (not the defaults)."""
+    from features.projection import Context
+    from service.feedback import to_event
+
+    ctx = Context(page_type="search", category="coffee", device="ios", channel="web")
+    shown = [
+        to_event("impression", "m1", "coffee-percent_off-0", "coupon", "r1", 1_760_000_000.0, 0, None, None,
+                 "i1", ctx),
+        to_event("impression", "m2", "lounge", "benefit", "r2", 1_760_000_100.0, 0, None, None, "i2"),
+        to_event("claim", "m1", "coffee-percent_off-0", "coupon", "r1", 1_760_000_050.0, event_id="c1"),
+    ]  # fmt: skip
+    writer = ArchiveWriter(tmp_path / "archive", "member-events")
+    writer.write([Record(0, i, ev.encode(e), e) for i, e in enumerate(shown)], {0: len(shown)})
+    imp = byod.impressions_from_events(read_archive(tmp_path / "archive")).sort_values("member_id")
+    got = imp[["page_type", "category", "device", "channel", "label"]].astype(object)
+    assert got.where(got.notna(), None).values.tolist() == [
+        ["search", "coffee", "ios", "web", 1],
+        ["home", None, "other", "app", 0],  # sent without a context: the defaults
+    ]
+
+
+def test_context_values_outside_the_vocabulary_are_named_and_rank_as_other(
+    cafe: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    imp = pd.read_csv(cafe["impressions"])
+    imp["page_type"] = np.where(np.arange(len(imp)) % 2 == 0, "kiosk", "search")
+    imp["category"] = "bakery"  # not a category of the operator's catalogue
+    (tmp_path / "catalog.json").write_text(cafe["catalog"].read_text())
+    imp.to_csv(tmp_path / "imp.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        src = pipeline.load_source(tmp_path / "imp.csv")
+    assert "kiosk" in caplog.text and "bakery" in caplog.text and "'other'" in caplog.text
+    assert set(src.impressions["page_type"]) == {"other", "search"}
+    assert set(src.impressions["category"]) == {"other"}
