@@ -115,8 +115,8 @@ def members(n: int, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def true_probability(m: pd.Series, offer: dict[str, Any]) -> float:
-    cat = offer["category"]
-    z = -2.6 + 0.02 * offer["value"]
+    cat = offer.get("category")
+    z = -2.6 + 0.02 * float(offer.get("value", 0.0))
     habits = str(m["habits"]).split(";")
     if cat == "coffee":
         z += (
@@ -131,18 +131,22 @@ def true_probability(m: pd.Series, offer: dict[str, Any]) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def write_cafe(out: Path, n_members: int = 3000, seed: int = 11) -> dict[str, Path]:
-    """Write the dataset (see the module docstring); returns the paths."""
+def write_cafe(
+    out: Path, n_members: int = 3000, seed: int = 11, catalog_file: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write the dataset (see the module docstring); returns the paths. ``catalog_file`` (a catalogue
+    ``{"taxonomy": ..., "offers": [...]}``, e.g. the README's) replaces the built-in one."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    catalog = offers()
+    cat_doc = catalog_file or {"taxonomy": TAXONOMY, "offers": offers()}
+    catalog = list(cat_doc["offers"])
     mem = members(n_members, rng)
     rows = []
     for _, m in mem.iterrows():
         for s in range(int(rng.integers(1, 4))):
             t = T0 + float(rng.uniform(0, 30 * 86400))
-            shown = rng.choice(len(catalog), size=4, replace=False)
+            shown = rng.choice(len(catalog), size=min(4, len(catalog)), replace=False)
             rid = f"r-{m['member_id']}-{s}"
             for pos, j in enumerate(shown.tolist()):
                 o = catalog[j]
@@ -159,8 +163,19 @@ def write_cafe(out: Path, n_members: int = 3000, seed: int = 11) -> dict[str, Pa
         "members": out / "members.csv",
         "spec": out / "spec.json",
     }
-    paths["catalog"].write_text(json.dumps({"taxonomy": TAXONOMY, "offers": catalog}, indent=1))
+    paths["catalog"].write_text(json.dumps(cat_doc, indent=1))
     imp.to_csv(paths["impressions"], index=False)
     mem.to_csv(paths["members"], index=False)
     paths["spec"].write_text(json.dumps(spec_with_attributes(), indent=1))
     return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the cafe bring-your-own example dataset.")
+    parser.add_argument("--out", type=Path, default=Path("cafe"))
+    parser.add_argument("--members", type=int, default=3000)
+    args = parser.parse_args()
+    for name, path in write_cafe(args.out, n_members=args.members).items():
+        print(f"{name}: {path}")  # user-facing output of a dev tool
