@@ -23,13 +23,18 @@ Consequences the tests hold the code to: for the same ``p`` a higher cost ranks 
 is ``p * member_value``.
 
 Vectorised over the eligible offers (numpy, a handful of array operations: microseconds at 500 offers).
+Pure (no service, no clock): the service ranks with it and training evaluates the same policy offline
+(``training.counterfactual``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from features.offers import Offer
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,25 @@ def time_left_share(end: np.ndarray, inv_duration: np.ndarray, now: float) -> np
     """
     out: np.ndarray = np.minimum(np.maximum((end - now) * inv_duration, 0.0), 1.0)
     return out
+
+
+def shares_left(offers: Sequence[Offer], cost_used: np.ndarray) -> np.ndarray:
+    """Share of each offer's budget not yet spent, in [0, 1] (1 for unbudgeted offers), given the
+    budget spent per offer (aligned with ``offers``)."""
+    out = np.ones(len(offers), dtype=np.float64)
+    for i, o in enumerate(offers):
+        if o.budget is not None:
+            out[i] = max(0.0, 1.0 - float(cost_used[i]) / o.budget) if o.budget > 0 else 0.0
+    return out
+
+
+def campaign_windows(offers: Sequence[Offer]) -> tuple[np.ndarray, np.ndarray]:
+    """(campaign end, 1 / campaign length) per offer, both 0 for an offer without a campaign window:
+    the inputs of :func:`time_left_share`."""
+    end = np.zeros(len(offers), dtype=np.float64)
+    inv_duration = np.zeros(len(offers), dtype=np.float64)
+    for i, o in enumerate(offers):
+        if o.campaign_start_ts is not None and o.campaign_end_ts is not None:
+            end[i] = o.campaign_end_ts
+            inv_duration[i] = 1.0 / (o.campaign_end_ts - o.campaign_start_ts)  # validated end > start
+    return end, inv_duration

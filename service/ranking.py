@@ -22,10 +22,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from features import slate
 from features.eligibility import RULES, evaluate
 from features.projection import Context, rows
 from features.state import MemberState
@@ -58,6 +60,17 @@ class Policy:
     exploration: str = "epsilon"
     #: Softmax temperature in score units (objective scores, currency per view: ~0.1-10 by default).
     temperature: float = 0.5
+
+    @cached_property
+    def slate_policy(self) -> slate.SlatePolicy:
+        """The slate rules and exploration of this policy (``features.slate``)."""
+        return slate.SlatePolicy(
+            max_per_category=self.max_per_category,
+            min_kinds=self.min_kinds,
+            exploration=self.exploration,
+            epsilon=self.epsilon,
+            temperature=self.temperature,
+        )
 
 
 @dataclass
@@ -239,68 +252,12 @@ def _slate(
     policy: Policy,
     rng: np.random.Generator | None,
 ) -> list[tuple[int, float]]:
-    """Greedy slate: (index into ``eligible``, propensity) per position."""
-    n = len(eligible)
-    if n == 0:
-        return []
-    pinned = snap.pinned[eligible]
-    kinds = snap.table.kind_idx[eligible]
-    cats = snap.table.category_idx[eligible]
-    families = snap.elig.family_idx[eligible]
-    # Pinned first, then by score; stable on the catalog order (offer id) for ties.
-    order = np.lexsort((-score, ~pinned)).tolist()
-    limit = min(limit, n)
-    need_kinds = min(policy.min_kinds, limit, len(set(kinds.tolist())))
-    kinds_l, cats_l, pinned_l, fam_l = kinds.tolist(), cats.tolist(), pinned.tolist(), families.tolist()
-    kinds_in: set[int] = set()
-    families_in: set[int] = set()
-    per_cat: dict[int, int] = {}
-    picks: list[tuple[int, float]] = []
-    taken: set[int] = set()
-
-    def allowed(j: int) -> bool:
-        if j in taken or fam_l[j] in families_in:
-            return False  # one offer per family, pinned or not: two clones are one offer to the member
-        if pinned_l[j]:
-            return True  # pinned offers bypass the mix and category rules (they still count toward them)
-        # "No category" is one more category (table.no_category): it obeys the cap like the others.
-        if per_cat.get(cats_l[j], 0) >= policy.max_per_category:
-            return False
-        missing = need_kinds - len(kinds_in)
-        return not (missing > 0 and missing >= limit - len(picks) and kinds_l[j] in kinds_in)
-
-    softmax = policy.exploration == "softmax"
-    explore = rng is not None and (softmax or policy.epsilon > 0.0)
-
-    def _take(j: int) -> None:
-        taken.add(j)
-        families_in.add(fam_l[j])
-        kinds_in.add(kinds_l[j])
-        c = cats_l[j]
-        per_cat[c] = per_cat.get(c, 0) + 1
-
-    while len(picks) < limit:
-        best = next((j for j in order if allowed(j)), None)
-        if best is None:
-            break
-        chosen, prop = best, 1.0
-        if explore and not pinned_l[best]:
-            valid = [j for j in order if allowed(j) and not pinned_l[j]]
-            assert rng is not None
-            if softmax:
-                # Plackett-Luce: this position's draw among what the rules allow; its probability is
-                # the propensity given the items above (stable: shift by the maximum first).
-                z = score[valid] / policy.temperature
-                w = np.exp(z - z.max())
-                w /= w.sum()
-                k = int(rng.choice(len(valid), p=w))
-                picks.append((valid[k], float(w[k])))
-                _take(valid[k])
-                continue
-            if rng.random() < policy.epsilon:
-                chosen = valid[int(rng.integers(len(valid)))]
-            # P(chosen) under epsilon-greedy: the greedy pick w.p. 1-eps, plus a uniform draw w.p. eps.
-            prop = (1.0 - policy.epsilon) * (chosen == best) + policy.epsilon / len(valid)
-        picks.append((chosen, prop))
-        _take(chosen)
-    return picks
+    """The slate (``features.slate``): (index into ``eligible``, propensity) per position."""
+    cand = slate.Candidates(
+        score=score,
+        pinned=snap.pinned[eligible],
+        kinds=snap.table.kind_idx[eligible],
+        categories=snap.table.category_idx[eligible],
+        families=snap.elig.family_idx[eligible],
+    )
+    return slate.select(cand, limit, policy.slate_policy, rng)

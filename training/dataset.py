@@ -27,7 +27,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from features.offer_stats import OfferCounters
 from features.offers import Offer
 from features.projection import DEFAULT_SPEC, Context, OfferTable, rows
 from features.spec import FeatureSpec
-from features.state import apply, new_state
+from features.state import MemberState, apply, new_state
 from training.consent_filter import ConsentFiltered, drop_opted_out
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,10 @@ def offer_statics(
     events: Iterable[ev.Event],
     table: OfferTable,
     bucket_starts: np.ndarray,
+    claims_out: dict[float, np.ndarray] | None = None,
 ) -> dict[float, np.ndarray]:
-    """The offer-side static columns as of each bucket start (statistics of events strictly before it)."""
+    """The offer-side static columns as of each bucket start (statistics of events strictly before it);
+    with ``claims_out``, also each offer's claims before each bucket start (stock and budget use)."""
     index = table.index
     ts_l: list[float] = []
     off_l: list[int] = []
@@ -187,6 +189,8 @@ def offer_statics(
                 for i in np.flatnonzero(counts.sum(axis=0))
             }
             claimed = {table.offer_ids[i]: int(counts[2, i]) for i in np.flatnonzero(counts[2])}
+            if claims_out is not None:
+                claims_out[float(b)] = counts[2].astype(np.float64)
             table.static = base.copy()
             table.with_stats(stats, claimed)
             out[float(b)] = table.static
@@ -245,6 +249,86 @@ def prepare_impressions(impressions: pd.DataFrame, offers: Sequence[Offer]) -> p
     return df
 
 
+class Replay:
+    """The requests of a prepared impressions frame (:func:`prepare_impressions`), each with its
+    member's state folded from the events strictly before it and ``table.static`` set to the offer
+    statistics of its refresh bucket (see the module docstring). Iterating yields ``(request, state)``
+    member by member, each member's requests in time order; the state is the one live object, advanced
+    in place, so read it before the next step. Rows of request ``r`` are ``starts[r]:ends[r]``."""
+
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        events: list[ev.Event],
+        table: OfferTable,
+        stats_refresh_seconds: float = STATS_REFRESH_SECONDS,
+        progress: bool = False,
+    ) -> None:
+        self.table = table
+        self.progress = progress
+        n = len(df)
+        ts_all = df["event_ts"].to_numpy()
+        bucket = np.floor(ts_all / stats_refresh_seconds) * stats_refresh_seconds
+        #: claims per offer before each bucket start (what stock and budget use the service would see)
+        self.claims: dict[float, np.ndarray] = {}
+        self.statics = offer_statics(events, table, bucket, self.claims)
+        self.by_member = events_by_member(events)
+        # Requests: first row of each group; rows of a request are contiguous after prepare_impressions.
+        groups = df["group"].to_numpy()
+        self.starts = (
+            np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        )
+        self.ends = np.r_[self.starts[1:], n]
+        self.member = df["member_id"].to_numpy()[self.starts]
+        self.ts = ts_all[self.starts]
+        self.bucket = bucket[self.starts]
+        self.contexts = _contexts(df.iloc[self.starts])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self) -> Iterator[tuple[int, MemberState]]:
+        table = self.table
+        if len(self) == 0:
+            return
+        order = np.lexsort((self.ts, self.member))
+        member_sorted = self.member[order]
+        cuts = np.flatnonzero(np.r_[True, member_sorted[1:] != member_sorted[:-1]])
+        cuts_end = np.r_[cuts[1:], len(order)]
+        bar = Progress(
+            TextColumn("training rows"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} requests"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not self.progress,
+            transient=True,
+        )
+        base_static = table.static
+        try:
+            with bar:
+                task = bar.add_task("rows", total=len(order))
+                for ci, (a, b) in enumerate(zip(cuts.tolist(), cuts_end.tolist(), strict=True)):
+                    if ci % 2000 == 0:
+                        bar.update(task, completed=a)
+                    member_id = str(member_sorted[a])
+                    evs = self.by_member.get(member_id, [])
+                    n_ev = len(evs)
+                    state = new_state(member_id)
+                    k = 0
+                    for r in order[a:b].tolist():
+                        t = float(self.ts[r])
+                        # Strictly before: the request's own impressions (at t) and later outcomes stay out.
+                        while k < n_ev and evs[k].event_ts < t:
+                            apply(state, evs[k])
+                            k += 1
+                        table.static = self.statics[float(self.bucket[r])]
+                        yield r, state
+                bar.update(task, completed=len(order))
+        finally:
+            table.static = base_static
+
+
 def build(
     impressions: pd.DataFrame,
     events: list[ev.Event],
@@ -262,61 +346,14 @@ def build(
     X = np.zeros((n, len(spec)), dtype=np.float32)
     if n == 0:
         return TrainingSet(df, X, offers, 0.0, spec, dropped)
-    ts_all = df["event_ts"].to_numpy()
-    bucket = np.floor(ts_all / stats_refresh_seconds) * stats_refresh_seconds
-    statics = offer_statics(events, table, bucket)
-    by_member = events_by_member(events)
-
-    # Requests: first row of each group; rows of a request are contiguous after prepare_impressions.
-    groups = df["group"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    ends = np.r_[starts[1:], n]
-    req_member = df["member_id"].to_numpy()[starts]
-    req_ts = ts_all[starts]
-    req_bucket = bucket[starts]
-    req_ctx = _contexts(df.iloc[starts])
+    replay = Replay(df, events, table, stats_refresh_seconds, progress)
     offer_idx = df["offer_id"].map(table.index).to_numpy(dtype=np.int64)
-    # Walk requests member by member, each member's in time order.
-    order = np.lexsort((req_ts, req_member))
-    member_sorted = req_member[order]
-    cuts = np.flatnonzero(np.r_[True, member_sorted[1:] != member_sorted[:-1]])
-    cuts_end = np.r_[cuts[1:], len(order)]
-    statics_list = statics
-    bar = Progress(
-        TextColumn("training rows"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} requests"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    )
-    base_static = table.static
-    try:
-        with bar:
-            task = bar.add_task("rows", total=len(order))
-            for ci, (a, b) in enumerate(zip(cuts.tolist(), cuts_end.tolist(), strict=True)):
-                if ci % 2000 == 0:
-                    bar.update(task, completed=a)
-                member_id = str(member_sorted[a])
-                evs = by_member.get(member_id, [])
-                n_ev = len(evs)
-                state = new_state(member_id)
-                k = 0
-                for r in order[a:b].tolist():
-                    t = float(req_ts[r])
-                    # Strictly before: the request's own impressions (at t) and later outcomes stay out.
-                    while k < n_ev and evs[k].event_ts < t:
-                        apply(state, evs[k])
-                        k += 1
-                    table.static = statics_list[float(req_bucket[r])]
-                    s, e = int(starts[r]), int(ends[r])
-                    X[s:e] = rows(state, table, req_ctx[r], t)[offer_idx[s:e]]
-            bar.update(task, completed=len(order))
-    finally:
-        table.static = base_static
+    for r, state in replay:
+        s, e = int(replay.starts[r]), int(replay.ends[r])
+        X[s:e] = rows(state, table, replay.contexts[r], float(replay.ts[r]))[offer_idx[s:e]]
     seconds = time.perf_counter() - t0
-    log.info("built %d rows (%d requests, %d members) in %.1fs", n, len(order), len(cuts), seconds)
+    members = len(np.unique(replay.member))
+    log.info("built %d rows (%d requests, %d members) in %.1fs", n, len(replay), members, seconds)
     return TrainingSet(df, X, offers, seconds, spec, dropped)
 
 
