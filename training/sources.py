@@ -102,6 +102,12 @@ def load_source(
             "'Bring your own data'), or pass --catalog"
         )
     taxonomy, offers = load_catalog_file(cat_path)
+    if not offers:
+        # Rows are joined with the catalogue's offers: without any, every row would be dropped.
+        raise byod.DataError(
+            f"catalogue {cat_path} has no offers: training joins each impression with its offer (fill "
+            "its \"offers\", e.g. from `benefits catalog export --format json`)"
+        )
     spec = spec_for_taxonomy(base_spec, taxonomy)
     extra: list[Event] = []
     if byod.is_archive(data):

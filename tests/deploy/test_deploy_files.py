@@ -535,3 +535,28 @@ def test_nginx_balances_over_the_api_service() -> None:
     assert re.search(rf"server\s+api:{port}\b", conf)
     assert "proxy_pass http://api;" in conf
     assert "./nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in _compose()["services"]["lb"]["volumes"]
+
+
+def test_every_role_mounts_the_one_catalogue_the_taxonomy_path_names() -> None:
+    """The API, the worker, the archiver and the retraining job read the operator's taxonomy from the same
+    ConfigMap (BENEFITS_TAXONOMY_PATH), and the job trains with that same file: a model's specification
+    hash is the one serving computes, so an operator taxonomy does not get every new model refused."""
+    objs = _all_k8s()
+    config = objs[("ConfigMap", "benefits-config")]["data"]
+    taxonomy = Path(config["BENEFITS_TAXONOMY_PATH"])
+    cron = objs[("CronJob", "benefits-retrain")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pods = {
+        name: objs[("Deployment", name)]["spec"]["template"]["spec"]
+        for name in ("benefits-api", "benefits-worker", "benefits-archiver")
+    } | {"benefits-retrain": cron}
+    for name, pod in pods.items():
+        container = pod["containers"][0]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume = {v["name"]: v for v in pod["volumes"]}[mounts[str(taxonomy.parent)]]
+        assert volume["configMap"]["name"] == "benefits-catalogue", name
+    (train,) = cron["containers"]
+    args = dict(zip(train["args"][2::2], train["args"][3::2], strict=False))
+    assert Path(args["--catalog"]) == taxonomy
+    # Shipped empty for the operator to fill; training refuses an offer-less catalogue by name.
+    data = json.loads(objs[("ConfigMap", "benefits-catalogue")]["data"][taxonomy.name])
+    assert data["offers"] == [] and data["taxonomy"]["categories"]

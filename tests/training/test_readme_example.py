@@ -78,3 +78,12 @@ def test_a_missing_catalogue_is_one_line_and_exit_2(cafe_dir: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("error: no catalogue: expected cafe/catalog.json"), res.stderr
     assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+
+
+def test_a_catalogue_without_offers_is_refused_by_name(cafe_dir: Path) -> None:
+    """The Kubernetes catalogue ConfigMap ships with "offers": [] for the operator to fill: training on
+    it says so instead of dropping every row."""
+    path = cafe_dir / "cafe" / "catalog.json"
+    path.write_text(json.dumps({**readme_catalogue(), "offers": []}))
+    res = CliRunner().invoke(app, readme_train_command(), env={"BENEFITS_REGISTRY_DIR": str(cafe_dir / "r")})
+    assert res.exit_code == 2 and "has no offers" in res.stderr, res.output
