@@ -36,6 +36,9 @@ Output directory::
                          device, channel, sessions_per_day, basket_mean, new_parent_ts (0 = none)
     catalog.json         list of Offer.model_dump(mode="json")
     meta.json            parameters, counts, time window, sales day, timings
+    candidates.parquet   with ``offpolicy_log`` only: request_id, offer_id, true_p, logging_p of every
+                         eligible offer of every request; impressions then also carry
+                         ``propensity_marginal`` (see training/sim_offpolicy.py)
 
 Determinism: the same arguments (including ``seed``) give byte-identical outputs.
 Units: timestamps are Unix seconds (UTC); the simulated "local" clock is UTC.
@@ -63,6 +66,7 @@ from features.eligibility import EligibilityTable, evaluate
 from features.offers import ALL_SUBTYPES, CATEGORIES, CATEGORY_INDEX, OFFER_KINDS, Offer
 from features.projection import Context, OfferTable
 from features.state import MemberState, apply, new_state
+from training.sim_offpolicy import OffPolicyLog
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,9 @@ class SimConfig:
     request_p: float = 0.45
     slate_size: int = 4
     progress: bool = True
+    #: Also write what counterfactual evaluation needs (training.sim_offpolicy): each impression's
+    #: marginal propensity and candidates.parquet (every eligible offer's true claim probability).
+    offpolicy_log: bool = False
 
 
 @dataclass
@@ -481,6 +488,44 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
         )
     }
     n_req = 0
+    offlog = OffPolicyLog()
+
+    def truth(idx: np.ndarray, st: MemberState, mi: int, rt: float, c: int) -> np.ndarray:
+        """True claim probabilities of offers ``idx`` for member ``mi`` at ``rt`` on a page of category
+        ``c`` (no random draws)."""
+        interest = np.zeros(len(idx))
+        for j, oi in enumerate(idx):
+            fc = feat_cat_name[oi]
+            if fc is not None:
+                counter = st.cat_interest.get(fc)
+                if counter is not None:
+                    interest[j] = counter.at_index(rt, 1)
+        shown = np.zeros(len(idx))
+        for j, oi in enumerate(idx):
+            inter = st.offers.get(offer_ids[oi])
+            if inter is not None:
+                shown[j] = inter.shown
+        hour = int((rt % DAY) // HOUR)
+        month = time.gmtime(rt).tm_mon
+        z = true_logit(
+            int(members.segment[mi]),
+            float(members.intercept[mi]),
+            float(members.basket[mi]),
+            sub_idx[idx],
+            kind_idx[idx],
+            cat_idx[idx],
+            value[idx],
+            threshold[idx],
+            interest,
+            (cat_idx[idx] == c) & (c >= 0),
+            shown,
+            birthday=int(members.birth_month[mi]) == month,
+            sales=int((rt - cfg.start_ts) // DAY) == sales_day,
+            evening=hour >= 18,
+        )
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+        return out
+
     baby = SHOP_CATEGORIES.index("baby")
     offer_ids = table.offer_ids
     ts_arr, mem_arr, pt_arr, cat_arr = tl.ts, tl.member, tl.page_type, tl.category
@@ -544,39 +589,13 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
                     chosen = cand[top]
                     pc = pi[top]
                     prop = pc / np.maximum(1.0 - (np.cumsum(pc) - pc), 1e-12)
-                    # Latent truth for the shown offers.
+                    # Latent truth for the shown offers (and for every eligible one with offpolicy_log:
+                    # the oracle of counterfactual evaluation; computed apart, so that the shown
+                    # offers' values, and with them the whole run, are the same either way).
                     seg = int(members.segment[mi])
-                    interest = np.zeros(k)
-                    for j, oi in enumerate(chosen):
-                        fc = feat_cat_name[oi]
-                        if fc is not None:
-                            counter = st.cat_interest.get(fc)
-                            if counter is not None:
-                                interest[j] = counter.at_index(rt, 1)
-                    shown = np.zeros(k)
-                    for j, oi in enumerate(chosen):
-                        inter = st.offers.get(offer_ids[oi])
-                        if inter is not None:
-                            shown[j] = inter.shown
-                    hour = int((rt % DAY) // HOUR)
-                    month = time.gmtime(rt).tm_mon
-                    z = true_logit(
-                        seg,
-                        float(members.intercept[mi]),
-                        float(members.basket[mi]),
-                        sub_idx[chosen],
-                        kind_idx[chosen],
-                        cat_idx[chosen],
-                        value[chosen],
-                        threshold[chosen],
-                        interest,
-                        (cat_idx[chosen] == c) & (c >= 0),
-                        shown,
-                        birthday=int(members.birth_month[mi]) == month,
-                        sales=int((rt - cfg.start_ts) // DAY) == sales_day,
-                        evening=hour >= 18,
-                    )
-                    tp = 1.0 / (1.0 + np.exp(-z))
+                    tp = truth(chosen, st, mi, rt, c)
+                    if cfg.offpolicy_log:
+                        offlog.add(rid, [offer_ids[oi] for oi in cand], truth(cand, st, mi, rt, c), pi, top)
                     u = rng.random((k, 3))
                     claim = u[:, 0] < tp
                     click = claim | (u[:, 1] < np.minimum(0.5, 1.5 * tp))
@@ -708,6 +727,8 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
     impressions["label"] = impressions["label"].astype(np.int8)
     impressions["clicked"] = impressions["clicked"].astype(np.int8)
     impressions["position"] = impressions["position"].astype(np.int16)
+    if cfg.offpolicy_log:
+        impressions["propensity_marginal"] = offlog.marginal_column()
     end_ts = cfg.start_ts + cfg.days * DAY
     meta: dict[str, Any] = {
         "kind": "simulation",
@@ -727,6 +748,7 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
         "segments": list(SEGMENTS),
         "slate_size": cfg.slate_size,
         "request_p": cfg.request_p,
+        "offpolicy_log": cfg.offpolicy_log,
         "seconds_generate": round(t_gen - t_start, 3),
         "seconds_loop": round(t_loop - t_gen, 3),
     }
@@ -737,6 +759,8 @@ def simulate(cfg: SimConfig, out: Path | None = None) -> dict[str, Any]:
         impressions.to_parquet(out / "impressions.parquet", index=False)
         members.frame().to_parquet(out / "members.parquet", index=False)
         (out / "catalog.json").write_text(json.dumps([o.model_dump(mode="json") for o in catalog]))
+        if cfg.offpolicy_log:
+            offlog.write(out)
         meta["seconds_write"] = round(time.perf_counter() - t_loop, 3)
         (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     meta["seconds_total"] = round(time.perf_counter() - t_start, 3)
@@ -758,9 +782,17 @@ def simulate_to_dir(
     n_offers: int = 200,
     seed: int = 1,
     progress: bool = True,
+    offpolicy_log: bool = False,
 ) -> dict[str, Any]:
     """Simulate into ``out`` (see the module docstring for the files). Returns the meta dict."""
-    cfg = SimConfig(n_members=n_members, days=days, n_offers=n_offers, seed=seed, progress=progress)
+    cfg = SimConfig(
+        n_members=n_members,
+        days=days,
+        n_offers=n_offers,
+        seed=seed,
+        progress=progress,
+        offpolicy_log=offpolicy_log,
+    )
     return simulate(cfg, Path(out))
 
 
