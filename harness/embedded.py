@@ -133,6 +133,23 @@ def start_redis(
     return Service("redis", f"redis://127.0.0.1:{port}/0", port, proc, None if keep else workdir)
 
 
+def restart_redis_empty(svc: Service) -> Service:
+    """Stop ``svc`` (a Redis without persistence) and start a new one on its port: it comes back without
+    its data, as a Redis without AOF, a FLUSHALL or a failover to an empty replica would."""
+    svc.stop()
+    return start_redis(port=svc.port)
+
+
+def recreate_broker(svc: Service, topics: dict[str, int]) -> Service:
+    """SIGKILL the broker ``svc`` (memory storage) and start a new one on its address with ``topics``
+    created again: offsets restart at 0 under the same topic names, as after a broker that lost its
+    data, a disaster-recovery failover or a topic deleted and created again."""
+    svc.kill()
+    new = start_broker(port=svc.port)
+    asyncio.run(create_topics(new.url, topics))
+    return new
+
+
 def _wait_loaded(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     """Wait until Redis has loaded its AOF (it answers LOADING until then)."""
     import redis

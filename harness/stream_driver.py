@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +261,14 @@ async def wait_folded(
     return seen
 
 
+def settle(redis_url: str, prefix: str, member_ids: Sequence[str], expected: int, timeout_s: float) -> int:
+    """:func:`wait_folded`, then a few more batches' time: a double fold (over-count) shows by then.
+    Returns the highest count seen."""
+    seen = asyncio.run(wait_folded(redis_url, prefix, member_ids, expected, timeout_s))
+    time.sleep(1.5)
+    return max(seen, asyncio.run(events_folded(redis_url, prefix, member_ids)))
+
+
 # -- worker processes ------------------------------------------------------------------------------------
 @dataclass
 class WorkerConfig:
@@ -350,9 +358,42 @@ def scrape_metrics(
     return out
 
 
+def metric_sum(port: int, name: str, by: str | None = None) -> dict[str, float]:
+    """The worker's samples named ``name`` summed per value of label ``by`` (None: one total under "")."""
+    out: dict[str, float] = {}
+    for (sample, labels), v in scrape_metrics(port).items():
+        if sample == name:
+            k = dict(labels).get(by, "") if by else ""
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def offsets_backwards(port: int) -> dict[str, float]:
+    """The worker's ``benefits_stream_offsets_backwards_total`` by reason (empty: no alarm)."""
+    return metric_sum(port, "benefits_stream_offsets_backwards_total", by="reason")
+
+
+def worker_state_lost(port: int) -> float | None:
+    """The worker's ``benefits_stream_state_lost`` gauge (None: not listening yet)."""
+    try:
+        return metric_sum(port, "benefits_stream_state_lost").get("")
+    except OSError:
+        return None
+
+
+def wait_metric(read: Callable[[], float | None], expected: float, timeout_s: float) -> float | None:
+    """Poll ``read`` until it returns ``expected``; returns the last value read."""
+    deadline = time.monotonic() + timeout_s
+    seen = read()
+    while seen != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = read()
+    return seen
+
+
 def worker_events_folded(port: int) -> float:
     """Events the worker serving metrics on ``port`` has folded (its ``benefits_stream_events_total``)."""
-    return sum(v for (name, _), v in scrape_metrics(port).items() if name == "benefits_stream_events_total")
+    return sum(metric_sum(port, "benefits_stream_events_total").values())
 
 
 def wait_worker_folded(port: int, expected: float, timeout_s: float, poll_s: float = 0.05) -> float:

@@ -19,6 +19,8 @@ the next start (the marker is simply created).
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 from infra.redis_client import AnyRedis
@@ -29,6 +31,7 @@ class StoreEpoch:
     def __init__(self, client: AnyRedis, layout: RedisLayout) -> None:
         self.r = client
         self.key = f"{layout.prefix}:{{epoch}}"
+        self.lost_key = f"{self.key}:lost"
         self.ttl_seconds = layout.catalog_ttl_seconds
 
     async def ensure(self) -> str:
@@ -40,7 +43,7 @@ class StoreEpoch:
         if got is None:  # expired or deleted between the two calls: try once more
             await self.r.set(self.key, token, nx=True, ex=self.ttl_seconds)
             got = await self.r.get(self.key)
-        return got.decode() if isinstance(got, bytes) else str(got)
+        return _text(got) or token
 
     async def current(self) -> str | None:
         """The stored token (None: the marker is gone), its TTL refreshed."""
@@ -48,4 +51,41 @@ class StoreEpoch:
         if got is None:
             return None
         await self.r.expire(self.key, self.ttl_seconds)
-        return got.decode() if isinstance(got, bytes) else str(got)
+        return _text(got)
+
+    async def read(self) -> tuple[str | None, str | None]:
+        """(the stored token, the ``lost`` record) in one round trip; the marker's TTL refreshed."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.mget([self.key, self.lost_key])
+            pipe.expire(self.key, self.ttl_seconds)  # a no-op when the marker is gone
+            (token, lost), _ = await pipe.execute()
+        return _text(token), _text(lost)
+
+    async def mark_lost(self, detail: str) -> None:
+        """Record that the store lost its data (kept by the first process that noticed)."""
+        await self.r.set(self.lost_key, detail, nx=True, ex=self.ttl_seconds)
+
+    async def report_lost(self, who: str, known: str, seen: str | None) -> tuple[str, str]:
+        """The marker ``known`` is gone (``seen`` None) or was replaced by ``seen``: record ``lost``
+        (unless another process did) and make sure a marker exists, so that every other process notices.
+        Returns (what happened, in words; the token to know from now on)."""
+        what = f"store epoch marker {'vanished' if seen is None else f'changed to {seen}'} (was {known})"
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await self.mark_lost(f"{when} {who} pid {os.getpid()}: {what}")
+        return what, await self.ensure()
+
+    async def lost(self) -> str | None:
+        """The ``lost`` record (None: the store is not awaiting a replay)."""
+        return _text(await self.r.get(self.lost_key))
+
+    async def rebuilt(self) -> bool:
+        """The store was rebuilt (``benefits replay``): clear the ``lost`` record, make sure a marker
+        exists. True when there was a record to clear."""
+        await self.ensure()
+        return bool(await self.r.delete(self.lost_key))
+
+
+def _text(raw: object) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -143,6 +143,15 @@ class IncarnationGuard:
         self.marks[p] = new = PartitionMark(token, -1, "")
         return new
 
+    def store_rebuilt(self) -> None:
+        """``benefits replay`` rebuilt an emptied store (``stream/epoch.py``): the incarnation record
+        went with the data and the replay wrote every watermark in the original incarnation "" (it
+        read the topic as it is now). Continue in "" with the marks kept, so the watermarks compare."""
+        for p in self.current:
+            self.current[p] = ""
+        for p, m in self.marks.items():
+            self.marks[p] = PartitionMark("", m.offset, m.fingerprint)
+
     async def written(self, last: Sequence[Fetched]) -> None:
         """Record the last record of each partition of a batch already written to Redis."""
         marks = {

@@ -21,11 +21,13 @@ import time
 from typing import Any
 
 from infra.catalog_store import CatalogStore
+from infra.epoch_store import StoreEpoch
 from infra.redis_client import open_client
 from infra.redis_layout import MemberStore
 from infra.settings import Settings
 from infra.topic_incarnation import TopicIncarnations
 from stream.batch import BatchProcessor, CostRefresher
+from stream.epoch import EpochHold
 from stream.incarnation import Fetched, IncarnationGuard
 from stream.metrics import StreamMetrics
 from stream.records import RawRecord
@@ -109,6 +111,8 @@ class BatchConsumerWorker:
             TopicIncarnations(redis_client, s.layout, s.events_topic), self.metrics, processor.retry
         )
         processor.incarnations = guard.current
+        hold = EpochHold(StoreEpoch(redis_client, s.layout), self.metrics)
+        await hold.start()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.consumer_group,
@@ -130,8 +134,18 @@ class BatchConsumerWorker:
         log.info("worker started: topic=%s group=%s", s.events_topic, s.consumer_group)
         costs_due = 0.0
         last_commit = time.monotonic()
+        held = False
         try:
             while not self.stop_event.is_set():
+                if await hold.check():
+                    # Redis lost its data: fold nothing until `benefits replay` rebuilt it (stream/epoch.py).
+                    held = True
+                    await self._held(consumer)
+                    continue
+                if held:
+                    held = False
+                    consumer.resume(*consumer.assignment())
+                    guard.store_rebuilt()
                 if time.monotonic() >= costs_due:
                     costs_due = time.monotonic() + s.catalog_poll_seconds
                     await costs.refresh(processor)
@@ -197,6 +211,19 @@ class BatchConsumerWorker:
                 await producer.stop()
                 await redis_client.aclose()
                 log.info("worker stopped")
+
+    async def _held(self, consumer: Any) -> None:
+        """One turn of the loop while folding is held: partitions paused (also ones assigned since),
+        still polling so the group keeps this member, anything fetched anyway put back unread."""
+        consumer.pause(*consumer.assignment())
+        fetched = await consumer.getmany(timeout_ms=0)
+        for tp, msgs in fetched.items():
+            consumer.seek(tp, msgs[0].offset)
+        if self._to_commit:
+            async with self._lock:
+                await self._commit()  # batches written before the loss was seen; the replay covers them
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), 0.5)
 
     async def _commit(self) -> None:
         if not self._to_commit or self._consumer is None:

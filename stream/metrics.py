@@ -84,6 +84,12 @@ class StreamMetrics:
             "Stored blobs of another layout version, treated as missing (folded from a fresh state).",
             registry=r,
         )
+        self.state_lost = Gauge(
+            "benefits_stream_state_lost",
+            "1 while the worker holds folding because Redis lost its data (the store epoch marker "
+            "vanished or changed); cleared when `benefits replay` has rebuilt the store.",
+            registry=r,
+        )
         self.lag = Gauge(
             "benefits_stream_consumer_lag",
             "Messages behind the partition's high watermark after the last batch.",

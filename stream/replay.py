@@ -22,6 +22,10 @@ member (the event contract): one ``event_id`` sent for claims of two offers rese
 script's records are per offer) but is folded once into the member's state. The ``Idempotency-Key``
 header cannot do that: its event id is derived from member, offer and key.
 
+When it has written everything it deletes the store epoch's ``lost`` record (``infra/epoch_store.py``):
+stream workers holding their folding since the loss resume where they stopped, and the APIs clear
+``state_lost``.
+
 Erasure tombstones (null value) in the topic reset the member's state, as the worker does; the
 member's past claims stay in the money state (stock and budget were spent).
 """
@@ -39,6 +43,7 @@ from features import events as ev
 from features.offer_stats import OfferCounters, apply_offer_event, merge_all
 from features.offers import Offer
 from features.state import already_applied, apply, new_state
+from infra.epoch_store import StoreEpoch
 from infra.money_store import ClaimLimits, MoneyStore, RebuiltOffer, to_milli
 from infra.redis_client import open_client
 from infra.redis_layout import MemberStore, StoredMember, StoredOfferStats
@@ -79,8 +84,12 @@ def read_jsonl(path: Path) -> Iterator[LogRecord]:
 
 
 async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[LogRecord]:
-    """Every record of ``topic`` from the beginning up to the end offsets at the start of the call, in
-    offset order per partition."""
+    """Every record of ``topic`` from the beginning up to the log ends at the start of the call, in
+    offset order per partition.
+
+    The end of a partition is the larger of the ListOffsets answer and the high watermark of the first
+    fetch response: the embedded broker (tansu, memory storage) answers ListOffsets with 0 or 1 whatever
+    the log holds, which read only the first record of each partition."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
@@ -95,15 +104,24 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> lis
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
+        known: set[TopicPartition] = set()  # partitions whose first fetch answered (end settled)
+        pending = set(tps)
         async with asyncio.timeout(timeout_s):
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=500)
+                for tp in pending - known:
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        end[tp] = max(end[tp], hw)
+                        known.add(tp)
                 for tp, records in batch.items():
-                    for r in records:
-                        if r.offset < end[tp]:
-                            out.append(LogRecord(tp.partition, r.offset, r.key, r.value))
-                    if records and records[-1].offset >= end[tp] - 1:
+                    out.extend(
+                        LogRecord(tp.partition, r.offset, r.key, r.value)
+                        for r in records
+                        if r.offset < end[tp]
+                    )
+                for tp in known & pending:
+                    if await consumer.position(tp) >= end[tp]:
                         pending.discard(tp)
     finally:
         await consumer.stop()
@@ -219,8 +237,12 @@ async def run(settings: Settings, offers: list[Offer], events_path: Path | None 
             client, settings.redis_prefix, settings.idempotency_ttl_seconds, settings.money_retention_seconds
         )
         await write(rebuilt, MemberStore(client, settings.layout), money)
+        # The store is whole again: clear the "lost" record (infra/epoch_store.py), so held workers
+        # resume folding and the APIs stop reporting state_lost.
+        cleared = await StoreEpoch(client, settings.layout).rebuilt()
     finally:
         await client.aclose()
     out = summary(rebuilt)
+    out["lost_record_cleared"] = cleared
     log.info("replay: %s", out)
     return out

@@ -13,6 +13,9 @@ BROKER_HEARTBEAT_INTERVAL_S = 1.0
 #: after a crash (harmless anyway: the watermarks skip it).
 COMMIT_INTERVAL_S = 1.0
 
+#: How often the worker reads the store epoch marker (stream/epoch.py): one pipelined round trip.
+EPOCH_CHECK_INTERVAL_S = 1.0
+
 #: Socket timeout of the worker's Redis calls. Far above the API's (no request waits on the worker), so a
 #: slow Redis delays batches instead of failing them; failures are retried anyway (stream/batch.py).
 WORKER_REDIS_TIMEOUT_MS = 5000

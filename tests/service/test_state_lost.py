@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from harness.embedded import start_redis
+from harness.embedded import restart_redis_empty, start_redis
 from infra.registry import Registry
 from tests.service.conftest import SF, live_server, make_settings
 from tests.service.test_api import put_state
@@ -34,8 +34,7 @@ def test_an_emptied_redis_is_reported_as_state_lost(
             assert cold["mode"] == "cold_start" and cold["degraded"] is False  # unknown, nothing lost yet
             assert c.get("/readyz").json()["state_lost"] is False
 
-            redis.stop()  # no persistence: it comes back empty, on the same port
-            redis = start_redis(port=redis.port)
+            redis = restart_redis_empty(redis)  # no persistence: it comes back empty, on the same port
             with caplog.at_level(logging.ERROR, logger="service.epoch"):
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:

@@ -9,13 +9,12 @@ the new topic holds more records than the old one (caught by the record at the w
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from harness import stream_driver as h
-from harness.embedded import create_topics, start_broker
+from harness.embedded import create_topics, recreate_broker, start_broker
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,20 +26,8 @@ def _topics(cfg: h.WorkerConfig) -> dict[str, int]:
     return {cfg.events_topic: cfg.partitions, cfg.dead_letter_topic: 1}
 
 
-def _backwards(cfg: h.WorkerConfig) -> dict[str, float]:
-    samples = h.scrape_metrics(cfg.metrics_port)
-    out: dict[str, float] = {}
-    for (name, labels), v in samples.items():
-        if name == "benefits_stream_offsets_backwards_total":
-            reason = dict(labels)["reason"]
-            out[reason] = out.get(reason, 0.0) + v
-    return out
-
-
 def _settle(cfg: h.WorkerConfig, mids: list[str], expected: int, timeout_s: float) -> int:
-    seen = asyncio.run(h.wait_folded(cfg.redis_url, cfg.prefix, mids, expected, timeout_s))
-    time.sleep(1.5)  # a few more batches: an over-count (double fold) would show now
-    return max(seen, asyncio.run(h.events_folded(cfg.redis_url, cfg.prefix, mids)))
+    return h.settle(cfg.redis_url, cfg.prefix, mids, expected, timeout_s)
 
 
 @pytest.mark.parametrize(
@@ -65,18 +52,17 @@ def test_recreated_topic_is_folded_as_new_offsets_not_redeliveries(
         worker = h.start_worker(cfg, worker_log)
         try:
             assert _settle(cfg, mids, len(first), 60) == len(first)
-            assert _backwards(cfg) == {}
+            assert h.offsets_backwards(cfg.metrics_port) == {}
             if not worker_up:
                 h.stop_worker(worker)
             # The broker dies and comes back empty on the same address; the topic is created again.
-            broker.kill()
-            broker = start_broker(broker.port)
-            asyncio.run(create_topics(broker.url, _topics(cfg)))
+            broker = recreate_broker(broker, _topics(cfg))
             asyncio.run(h.produce(broker.url, cfg.events_topic, h.keyed(second)))
             if not worker_up:
                 worker = h.start_worker(cfg, worker_log)
             assert _settle(cfg, mids, total, 90) == total, worker_log.read_text()[-3000:]
-            assert _backwards(cfg).get(reason, 0) >= 1, _backwards(cfg)
+            alarms = h.offsets_backwards(cfg.metrics_port)
+            assert alarms.get(reason, 0) >= 1, alarms
         finally:
             h.stop_worker(worker)
         assert "offsets went backwards on partition" in worker_log.read_text()
@@ -87,7 +73,7 @@ def test_recreated_topic_is_folded_as_new_offsets_not_redeliveries(
         with h.worker_process(cfg, worker_log):
             total += len(third)
             assert _settle(cfg, mids, total, 60) == total
-            assert _backwards(cfg) == {}
+            assert h.offsets_backwards(cfg.metrics_port) == {}
         # Offer statistics use the same incarnation check: every offer event of the three runs counted.
         stats = asyncio.run(h.read_offer_stats(cfg.redis_url, cfg.prefix))
         want = h.offline_offer_stats(first + second + third)

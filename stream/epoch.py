@@ -1,0 +1,97 @@
+"""The worker's side of the store epoch (``infra/epoch_store.py``): notice a Redis that came back empty
+and hold folding until ``benefits replay`` has rebuilt it.
+
+Checked at start and then once every ``EPOCH_CHECK_INTERVAL_S`` (one pipelined round trip, not per
+batch). When the marker is gone or changed, or another process recorded the loss: an error log line,
+``benefits_stream_state_lost`` 1, the ``lost`` record written, and folding held (the engine pauses its
+partitions, keeps its group membership and commits nothing new) until the record is cleared by
+``benefits replay``. Then folding resumes where it stopped; the replay's watermarks skip what it
+already rebuilt.
+
+Why hold rather than keep folding:
+
+- folding into the emptied store writes members' states from the few events since the loss, which the
+  API then serves as ``personalised`` (the loss would be hidden member by member);
+- ``benefits replay`` reads the log up to the end offsets it sees when it starts and overwrites each
+  member's blob. An event a still-folding worker wrote past that end would be overwritten by the
+  replay's older blob while the worker has already committed past it: lost for good. Held, the worker's
+  position stays at or before the replay's end, so nothing is skipped or counted twice.
+
+What holding costs: freshness (the consumer lag grows during the outage; the topic keeps the events and
+the worker catches up after the replay). A batch or so may still be written between the loss and the
+next check; the replay overwrites those members too. Batch engine only; the Faust engine does not check
+the epoch yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from infra.epoch_store import StoreEpoch
+from stream.metrics import StreamMetrics
+from stream.timings import EPOCH_CHECK_INTERVAL_S
+
+log = logging.getLogger(__name__)
+
+
+class EpochHold:
+    """Tells the engine whether to fold (``await hold.check()`` is True while folding must wait)."""
+
+    def __init__(self, epoch: StoreEpoch, metrics: StreamMetrics) -> None:
+        self.epoch = epoch
+        self.metrics = metrics
+        #: The marker token this worker's state belongs to (None until Redis was first reachable).
+        self.known: str | None = None
+        self.holding = False
+        self._due = 0.0
+
+    async def start(self) -> None:
+        """At start: take the current marker (creating it in a fresh store); hold at once if the store
+        is awaiting a replay. A Redis error leaves it to the periodic check."""
+        try:
+            self.known = await self.epoch.ensure()
+            pending = await self.epoch.lost()
+        except (RedisError, OSError) as exc:
+            log.warning("store epoch unreadable at start (%s): checked again once Redis answers", exc)
+            return
+        if pending is not None:
+            self._hold(f"the store is awaiting `benefits replay` ({pending})")
+
+    async def check(self) -> bool:
+        """True while folding must be held. Reads Redis at most once per interval; a Redis error keeps
+        the previous answer (a batch write would fail and retry anyway)."""
+        now = time.monotonic()
+        if now < self._due:
+            return self.holding
+        self._due = now + EPOCH_CHECK_INTERVAL_S
+        try:
+            if self.known is None:
+                await self.start()
+                return self.holding
+            token, pending = await self.epoch.read()
+            if token != self.known:
+                what, self.known = await self.epoch.report_lost("worker", self.known, token)
+                self._hold(what)
+            elif pending is not None:
+                self._hold(f"the store is awaiting `benefits replay` ({pending})")
+            elif self.holding:
+                self.holding = False
+                self.metrics.state_lost.set(0)
+                log.warning("store rebuilt (`benefits replay` cleared the lost record): folding resumes")
+        except (RedisError, OSError) as exc:
+            log.debug("store epoch check failed (%s)", exc)
+        return self.holding
+
+    def _hold(self, why: str) -> None:
+        if self.holding:
+            return
+        self.holding = True
+        self.metrics.state_lost.set(1)
+        log.error(
+            "%s: Redis lost its data. Folding is held (events wait in the topic) until `benefits replay` "
+            "rebuilds member state from the event log; the worker then resumes by itself",
+            why,
+        )
