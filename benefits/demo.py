@@ -26,7 +26,7 @@ from rich.table import Table
 
 from features import events as ev
 from harness import stack
-from harness.embedded import create_topics
+from harness.embedded import create_topics, topic_configs
 from infra.redis_layout import MemberStore
 from infra.registry import Registry
 from infra.settings import Settings
@@ -67,6 +67,7 @@ def _run(settings: Settings, workdir: Path, n_members: int, days: float, procs: 
         create_topics(
             settings.kafka_bootstrap,
             {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+            configs=topic_configs(settings.events_topic, settings.events_retention_seconds),
         )
     )
 

@@ -206,8 +206,15 @@ def embedded_broker() -> Iterator[Service]:
         svc.stop()
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 30.0) -> None:
-    """Create topics with the given partition counts (idempotent: existing topics are left alone)."""
+async def create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    timeout_s: float = 30.0,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """Create topics with the given partition counts and topic configs (``{"member-events":
+    {"retention.ms": "604800000"}}``; see :func:`topic_configs`). Idempotent: existing topics are left
+    alone, configs included."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -223,13 +230,23 @@ async def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float
             await asyncio.sleep(0.2)
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+        configs = configs or {}
+        new = [
+            NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=configs.get(name, {}))
+            for name, n in topics.items()
+        ]
         new = [t for t in new if t.name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
     finally:
         await admin.close()
+
+
+def topic_configs(events_topic: str, events_retention_seconds: int) -> dict[str, dict[str, str]]:
+    """The member-events topic's explicit retention (``events_retention_seconds``): an erased member's
+    events stay in the topic this long (README "Privacy")."""
+    return {events_topic: {"retention.ms": str(events_retention_seconds * 1000)}}
 
 
 # -- Redis Cluster (tests of the scale-out path) ----------------------------------------------------

@@ -25,7 +25,15 @@ from typing import IO, Any
 import httpx
 from pydantic import SecretStr
 
-from harness.embedded import Service, create_topics, free_port, start_broker, start_redis, stop_process
+from harness.embedded import (
+    Service,
+    create_topics,
+    free_port,
+    start_broker,
+    start_redis,
+    stop_process,
+    topic_configs,
+)
 from infra.settings import Settings
 
 
@@ -157,10 +165,12 @@ def api_settings(settings: Settings, port: int | None = None) -> Settings:
 
 
 def create_stream_topics(settings: Settings) -> None:
-    """The events topic (``events_partitions`` partitions) and the dead-letter topic on its broker."""
+    """The events topic (``events_partitions`` partitions, ``events_retention_seconds`` retention) and the
+    dead-letter topic on its broker."""
     assert settings.kafka_bootstrap is not None
     topics = {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1}
-    asyncio.run(create_topics(settings.kafka_bootstrap, topics))
+    configs = topic_configs(settings.events_topic, settings.events_retention_seconds)
+    asyncio.run(create_topics(settings.kafka_bootstrap, topics, configs=configs))
 
 
 @dataclass

@@ -18,16 +18,23 @@ a hand-copied file cannot double a row.
 
 Erasure: a tombstone (null value) for a member removes that member's rows from every file
 (:meth:`ArchiveWriter.erase_member` rewrites the affected files in place, keeping their names) and
-their rows after it are archived as usual (a member may come back after erasure).
+their rows after it are archived as usual (a member may come back after erasure). The erasure API
+(``DELETE /v1/members/{id}``) also calls :func:`erase_member_rows` itself when it can see the archive
+directory, so the answer can say what was removed; the archiver's own pass at the tombstone then removes
+rows it had not written yet. Rewrites and batch writes take an exclusive lock on ``ROOT/.lock``
+(``flock``): two erasures rewriting one file at once would otherwise put back each other's member.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +47,7 @@ from features import events as ev
 log = logging.getLogger(__name__)
 
 OFFSETS_FILE = "_offsets.json"
+LOCK_FILE = ".lock"
 _PART = re.compile(r"^part-p(\d{4})-o(\d{12})-(\d{12})\.parquet$")
 SCHEMA = pa.schema(
     [
@@ -84,6 +92,54 @@ def parts(root: Path) -> list[Path]:
     return sorted(Path(root).glob("event_date=*/part-*.parquet"))
 
 
+def is_archive(root: Path) -> bool:
+    """True when ``root`` holds an archive (its offsets file or a part file)."""
+    root = Path(root)
+    return root.is_dir() and ((root / OFFSETS_FILE).exists() or bool(parts(root)))
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Exclusive lock of the archive for a rewrite or a batch write (blocks until it is free)."""
+    with (Path(root) / LOCK_FILE).open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class ArchiveErasure:
+    """What removing a member from the archive changed."""
+
+    files_rewritten: list[Path]
+    rows_removed: int
+
+
+def erase_member_rows(root: Path, member_id: str) -> ArchiveErasure:
+    """Remove every row of ``member_id`` from the archive at ``root`` (rewrites only the files that have
+    one, keeping their names; an emptied file stays, its name records an offset range). Idempotent."""
+    changed: list[Path] = []
+    removed = 0
+    with locked(root):
+        for f in parts(root):
+            members = pq.read_table(f, columns=["member_id"]).column("member_id").to_pylist()
+            hits = sum(1 for m in members if m == member_id)
+            if not hits:
+                continue
+            table = pq.read_table(f)
+            rest = table.filter(pa.array([m != member_id for m in members]))
+            if rest.num_rows == 0:
+                rest = table.schema.empty_table()
+            _atomic_write(f, lambda tmp, t=rest: pq.write_table(t, tmp))
+            changed.append(f)
+            removed += hits
+    if changed:
+        log.info("erased member from %d archive files (%d rows)", len(changed), removed)
+    return ArchiveErasure(changed, removed)
+
+
 class ArchiveWriter:
     """Writes batches of records into ``root`` (see the module docstring). One writer per archive."""
 
@@ -118,6 +174,10 @@ class ArchiveWriter:
 
     def write(self, records: list[Record], next_offsets: dict[int, int]) -> list[Path]:
         """Archive ``records`` (one file per event date and partition), then record ``next_offsets``."""
+        with locked(self.root):
+            return self._write(records, next_offsets)
+
+    def _write(self, records: list[Record], next_offsets: dict[int, int]) -> list[Path]:
         groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
             groups.setdefault((event_date(r.event.event_ts), r.partition), []).append(r)
@@ -145,23 +205,8 @@ class ArchiveWriter:
         return written
 
     def erase_member(self, member_id: str) -> list[Path]:
-        """Remove every row of ``member_id`` (rewrites only the files that have one). Idempotent."""
-        changed = []
-        for f in parts(self.root):
-            members = pq.read_table(f, columns=["member_id"]).column("member_id").to_pylist()
-            if member_id not in members:
-                continue
-            table = pq.read_table(f)
-            keep = pa.array([m != member_id for m in members])
-            rest = table.filter(keep)
-            if rest.num_rows == 0:
-                # Keep an empty file rather than deleting it: its name still records the offset range.
-                rest = table.schema.empty_table()
-            _atomic_write(f, lambda tmp, t=rest: pq.write_table(t, tmp))
-            changed.append(f)
-        if changed:
-            log.info("erased member from %d archive files", len(changed))
-        return changed
+        """Remove every row of ``member_id`` (:func:`erase_member_rows`); the files rewritten."""
+        return erase_member_rows(self.root, member_id).files_rewritten
 
 
 def read_archive(root: Path) -> list[ev.Event]:

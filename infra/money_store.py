@@ -212,6 +212,12 @@ class RebuiltOffer:
     expire_at: int = 0
 
 
+def _offer_of(key: bytes | str) -> str:
+    """The offer id inside a money key's hash tag (``...:money:{o:OFFER_ID}...``)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.split("{o:", 1)[1].split("}", 1)[0]
+
+
 def _outcome(raw: bytes | str, first: bool) -> ClaimOutcome:
     rec = orjson.loads(raw)
     return ClaimOutcome(
@@ -362,6 +368,36 @@ class MoneyStore:
             count, _, ts = (v.decode() if isinstance(v, bytes) else v).partition(":")
             out[k.decode() if isinstance(k, bytes) else k] = (int(count), float(ts))
         return out
+
+    # -- erasure (DELETE /v1/members/{id}) ---------------------------------------------------------
+    async def claim_record_offers(self, member_id: str) -> list[str]:
+        """Offers whose per-member claim counter names the member (kept on erasure: see the README)."""
+        keys = [k async for k in self.r.scan_iter(match=f"{self.prefix}:money:{{o:*}}:members", count=500)]
+        if not keys:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.hexists(k, member_id)
+            hits = await pipe.execute()
+        return sorted(_offer_of(k) for k, hit in zip(keys, hits, strict=True) if hit)
+
+    async def erase_idempotency_records(self, member_id: str) -> int:
+        """Delete the member's stored claim outcomes (retry records); returns how many. A key names the
+        member and the event id, both of which may contain ':', so each record's own event id decides
+        whether a key matching the pattern is this member's."""
+        pattern = f"{self.prefix}:money:{{o:*}}:idem:{member_id}:*"
+        keys = [k async for k in self.r.scan_iter(match=pattern, count=500)]
+        mine = []
+        for k in keys:
+            raw = await self.r.get(k)
+            if raw is None:
+                continue
+            key = k.decode() if isinstance(k, bytes) else k
+            if key == self.record_key(_offer_of(key), member_id, str(orjson.loads(raw).get("event_id"))):
+                mine.append(key)
+        for k in mine:
+            await self.r.delete(k)  # one key per call: the records of many offers span cluster slots
+        return len(mine)
 
     # -- rebuild (benefits replay) -------------------------------------------------------------------
     async def restore(self, rebuilt: RebuiltOffer) -> None:

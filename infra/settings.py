@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     events_topic: str = "member-events"
     dead_letter_topic: str = "member-events-dlq"
     events_partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    #: How long the broker keeps member events (the topic's retention.ms where the project creates it):
+    #: an erased member's events stay in the topic until then. Replay from the topic reaches this far.
+    events_retention_seconds: Annotated[int, Field(ge=3600, le=10 * 365 * 24 * 3600)] = 7 * 24 * 3600
     consumer_group: str = "benefits-features"
     #: The archiver's own consumer group (it resumes from the archive's recorded offsets).
     archive_consumer_group: str = "benefits-archiver"

@@ -32,6 +32,7 @@ from service.deps import (
     require_recommend_scope,
     require_storefront,
 )
+from service.erasure import ErasureReport
 from service.errors import Conflict, Invalid, ModelRefused, NotFound
 from service.i18n import negotiate
 from service.metrics import CONTENT_TYPE
@@ -232,9 +233,10 @@ async def feedback(
     return _json(out, 202)
 
 
-@admin.delete("/v1/members/{member_id}")
-async def erase_member(member_id: MemberId, fb: FeedbackDep) -> dict[str, object]:
-    """Erase everything stored about a member and publish a tombstone for downstream stores."""
+@admin.delete("/v1/members/{member_id}", response_model=ErasureReport)
+async def erase_member(member_id: MemberId, fb: FeedbackDep) -> ErasureReport:
+    """Erase a member from Redis, the event archive and derived stores, publish a tombstone for the stream
+    consumers, and report what was removed where and what remains (service.erasure)."""
     return await fb.erase_member(member_id)
 
 

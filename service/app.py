@@ -38,6 +38,7 @@ from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_se
 from service.claims import ClaimService
 from service.deps import Resources
 from service.epoch import EpochWatch
+from service.erasure import Eraser
 from service.errors import ServiceError, service_error_body, store_error_body
 from service.experiment_runtime import ExperimentRuntime
 from service.fastpath import RecommendFastPath
@@ -250,6 +251,14 @@ def create_app(settings: Settings) -> FastAPI:
         res.recommender.experiments = experiments
         res.recommender.log_sample_rate = settings.request_log_sample_rate
         res.feedback.experiments = experiments
+        res.feedback.eraser = Eraser(
+            store,
+            money,
+            publisher,
+            archive_dir=settings.archive_dir,
+            retention_seconds=settings.events_retention_seconds,
+            registry_dir=settings.registry_dir,
+        )
         shadow = None
         if settings.shadow_log_path is not None:
             shadow = ShadowScorer(settings.shadow_log_path, settings.shadow_queue_max, policy, metrics)

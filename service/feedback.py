@@ -17,9 +17,10 @@ header) is stable across retries. A retried claim returns its first outcome (sto
 script); a retried impression/click/dismiss/redeem publishes the same event id again, which the fold
 skips (``features.state``: a member's latest 64 event ids), so it changes nothing.
 
-Erasure deletes every key of the member, then publishes a Kafka *tombstone*: a record keyed by the
-member id with a null value and the header ``benefits-erasure: 1``. Consumers (the features worker, the
-event-log archiver) must treat a null value as "forget this member" and must not fold it as an event.
+Erasure (:mod:`service.erasure`) deletes every key of the member, then publishes a Kafka *tombstone*: a
+record keyed by the member id with a null value and the header ``benefits-erasure: 1``. Consumers (the
+features worker, the event-log archiver) must treat a null value as "forget this member" and must not
+fold it as an event. It answers with a report of what was removed where.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ import time
 import uuid
 from typing import Literal
 
-from redis.exceptions import RedisError
-
 from features import events as ev
 from features.projection import Context
 from infra.redis_layout import MemberStore
 from service.catalog import CatalogHolder
 from service.claims import ClaimService, event_id_for
+from service.erasure import Eraser, ErasureReport
 from service.errors import ClaimRefused, NotFound, Unavailable
 from service.experiment_runtime import FEEDBACK_COUNTER, ExperimentRuntime
 from service.metrics import Metrics
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 FeedbackType = Literal["impression", "click", "claim", "redeem", "dismiss"]
 FEEDBACK_TYPES: tuple[str, ...] = FeedbackType.__args__  # type: ignore[attr-defined]
-ERASURE_HEADER = ("benefits-erasure", b"1")
 
 _CLAIM_EVENT: dict[str, type[ev.CouponClaim] | type[ev.BenefitUse] | type[ev.ConsultBooked]] = {
     "coupon": ev.CouponClaim,
@@ -108,6 +107,8 @@ class FeedbackService:
         self.claims = claims
         #: The running experiment (set by the app's lifespan): feedback carries the member's arm.
         self.experiments: ExperimentRuntime | None = None
+        #: Erasure everywhere (set by the app's lifespan: it needs the money store and the settings).
+        self.eraser: Eraser | None = None
 
     async def submit(
         self,
@@ -162,17 +163,8 @@ class FeedbackService:
             xp.count(arm, FEEDBACK_COUNTER[kind])
         return {"status": "accepted", "event_id": event.event_id, "event_type": ev.event_type(event)}
 
-    async def erase_member(self, member_id: str) -> dict[str, object]:
-        """Delete all the member's keys, then publish the tombstone. Idempotent: safe to retry."""
-        try:
-            deleted = await self.store.erase_member(member_id)
-        except (RedisError, OSError):
-            raise Unavailable("member store unreachable; nothing was erased, retry") from None
-        try:
-            await self.publisher.send(member_id, None, headers=[ERASURE_HEADER])
-        except Unavailable as exc:
-            raise Unavailable(
-                f"member data erased from Redis ({deleted} keys) but the tombstone was not published: "
-                f"{exc.message}"
-            ) from None
-        return {"status": "erased", "keys_deleted": deleted, "tombstone": True}
+    async def erase_member(self, member_id: str) -> ErasureReport:
+        """Erase the member everywhere and report it (:class:`service.erasure.Eraser`). Idempotent."""
+        if self.eraser is None:
+            raise Unavailable("erasure is not set up in this process")
+        return await self.eraser.erase(member_id)

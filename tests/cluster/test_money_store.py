@@ -302,3 +302,25 @@ def test_a_late_script_and_its_retries_reserve_once(
             await busy_client.aclose()
 
     asyncio.run(main())
+
+
+def test_erasure_finds_a_members_records_on_every_node(backend: Backend, unique: str) -> None:
+    """Erasure (service.erasure): the member's retry records go, on whichever node their offer lives,
+    and only theirs (``m1:x``'s keys match ``m1``'s pattern); the claim counters stay and are listed."""
+
+    async def body(s: MoneyStore) -> None:
+        lim = limits(max_claims=3)
+        offers = [f"o-{i}" for i in range(8)]  # spread over slots
+        for oid in offers:
+            assert (await s.claim(oid, "m1", f"k-{oid}", NOW, NOW, lim)).accepted
+        assert (await s.claim("o-0", "m1:x", "k-o-0", NOW, NOW, lim)).accepted
+        await s.refuse("o-1", "m1", "refused:1", NOW, "tier")
+        assert await s.claim_record_offers("m1") == sorted(offers)
+        assert await s.erase_idempotency_records("m1") == len(offers) + 1
+        assert all([await s.outcome(oid, "m1", f"k-{oid}") is None for oid in offers])
+        assert await s.outcome("o-0", "m1:x", "k-o-0") is not None
+        assert await s.member_claims("o-3", "m1") == (1, NOW)  # the cap's record is kept
+        assert await s.erase_idempotency_records("m1") == 0
+        assert await s.claim_record_offers("nobody") == []
+
+    run(backend, f"t{unique}", body)
