@@ -5,7 +5,9 @@
 3. start the stream worker and the API as real processes (``benefits worker``, ``benefits serve``);
 4. stream the simulated history of a sample of members through the broker into Redis;
 5. for a few members, print their top offers, send a burst of their own events (browsing a category they
-   never looked at), and print the ranking again as soon as it changes, with the time it took.
+   never looked at), and print the ranking again as soon as it changes, with the time it took;
+6. archive the topic, retrain on the archive, promote through the gate, watch the API swap
+   (:mod:`benefits.demo_retrain`).
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ def _run(settings: Settings, workdir: Path, n_members: int, days: float, procs: 
             moved = _ids(after) != _ids(before)
             changed += moved
             _print_change(member_id, category, before, after, elapsed if moved else None)
+    console.rule("6. stream -> archive -> retrain -> promote")
+    from benefits.demo_retrain import run_retrain
+
+    if run_retrain(settings, workdir, sim_dir / "catalog.json", base, sample[0], console) != 0:
+        return 1
     console.rule("done")
     if changed == 0:
         console.print("[red]no ranking changed after the members' own events[/red]")
