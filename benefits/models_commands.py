@@ -23,7 +23,9 @@ def _checked(settings: Settings, reg: Registry, version: str) -> list[str] | Non
     """The checks ``version`` passed, or None after printing why it was refused (and recording it)."""
     try:
         taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
-        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy)
+        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy).with_lifecycle(
+            settings.lifecycle
+        )
         _, checks = check_version(reg, version, settings.scorer_runtime, settings.scorer_cache_dir, spec)
     except ModelRefused as exc:
         reg.record("refused", version, previous=reg.promoted(), reason=f"{exc.reason}: {exc.detail}")

@@ -64,9 +64,12 @@ def _bound(x: float | None, missing: float) -> float:
 
 @dataclass
 class EligibilityTable:
-    """Eligibility columns for a catalog (same order as the OfferTable built from the same offers)."""
+    """Eligibility columns for a catalog (same order as the OfferTable built from the same offers), and
+    the programme configuration the lifecycle rules read the state with: every caller of
+    :func:`evaluate` (ranking, claims, the fairness guard) takes it from here, so they cannot disagree."""
 
     offers: list[Offer]
+    lifecycle: lc.LifecycleConfig = lc.DEFAULT_CONFIG
     active: np.ndarray = field(init=False)
     valid_from: np.ndarray = field(init=False)
     valid_to: np.ndarray = field(init=False)
@@ -186,14 +189,13 @@ def evaluate(
     now: float,
     claimed: np.ndarray | None = None,
     cost_used: np.ndarray | None = None,
-    lifecycle: lc.LifecycleConfig = lc.DEFAULT_CONFIG,
 ) -> np.ndarray:
     """Reason code per offer: -1 when eligible, else the index in :data:`RULES` of the first failing rule.
 
     ``claimed`` and ``cost_used`` are per-offer arrays (inventory reserved so far, budget spent so far);
     missing means nothing used. ``sold_out``/``budget_exhausted`` mean "one more claim would exceed it",
-    the same test the claim script (``infra.money_store``) makes atomically. ``lifecycle`` holds the
-    stage thresholds and tier rules the lifecycle rules read the state with.
+    the same test the claim script (``infra.money_store``) makes atomically. The lifecycle rules read
+    the state with the table's programme configuration (:attr:`EligibilityTable.lifecycle`).
     """
     n = len(table.offers)
     reason = np.full(n, -1, dtype=np.int64)
@@ -230,7 +232,7 @@ def evaluate(
     tenure_days = (now - joined) / DAY if joined else 0.0
     fail("tenure", table.min_tenure_days > tenure_days)
     if table.any_lifecycle:
-        _lifecycle_rules(table, state, now, lifecycle, fail)
+        _lifecycle_rules(table, state, now, table.lifecycle, fail)
     if claimed is not None:
         fail("sold_out", claimed >= table.inventory)
     if cost_used is not None:

@@ -24,9 +24,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.decay import DAY
 from features.events import TIERS
@@ -66,7 +67,14 @@ class TierRules(BaseModel):
 
 
 class LifecycleConfig(BaseModel):
-    """Stage thresholds (days) and tier rules; the defaults suit the demo shop."""
+    """The membership programme's configuration: stage thresholds (days), tier rules and the window of
+    the "points expiring" feature; the defaults suit the demo shop.
+
+    Built once at start-up from settings (``BENEFITS_LIFECYCLE`` / ``BENEFITS_LIFECYCLE_CONFIG_PATH``) and
+    passed to eligibility (ranking and claims read it from the catalog snapshot's eligibility table),
+    reasons and the feature specification (whose hash covers it when a lifecycle feature is declared,
+    so a model is served only under the configuration it was trained with).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -75,6 +83,8 @@ class LifecycleConfig(BaseModel):
     silent_days: _Days = 30.0
     returning_days: Annotated[float, Field(gt=0, le=VISIT_DAYS_KEPT - 2)] = 14.0
     tiers: TierRules = TierRules()
+    #: Days ahead the ``points_expiring`` feature counts expiring points over (a feature may set its own).
+    points_expiring_days: _Days = 30.0
 
     @model_validator(mode="after")
     def _ordered(self) -> LifecycleConfig:
@@ -84,6 +94,33 @@ class LifecycleConfig(BaseModel):
 
 
 DEFAULT_CONFIG = LifecycleConfig()
+
+
+class ConfigError(ValueError):
+    """A programme configuration that cannot be used (unreadable file, bad field)."""
+
+
+def parse_config(text: str | bytes, source: str = "lifecycle configuration") -> LifecycleConfig:
+    """Validate a programme configuration's JSON text; :class:`ConfigError` names the bad fields."""
+    try:
+        return LifecycleConfig.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'configuration'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: Path | str) -> LifecycleConfig:
+    """The programme configuration in the JSON file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read lifecycle configuration {p}: {exc}") from None
+    return parse_config(text, str(p))
 
 
 def days_since(now: float, ts: float) -> float:

@@ -16,7 +16,6 @@ context columns with numpy over all offers at once.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 from features import computations as comp
 from features.offer_stats import OfferCounters
 from features.offers import OFFER_KINDS, Offer
-from features.spec import Feature, FeatureSpec, default_spec
+from features.spec import LEGACY_SCHEMA_V1, Feature, FeatureSpec, default_spec
 from features.state import MemberState
 
 DEFAULT_SPEC: FeatureSpec = default_spec()
@@ -36,10 +35,10 @@ N_FEATURES = len(FEATURE_NAMES)
 FEATURE_INDEX = {n: i for i, n in enumerate(FEATURE_NAMES)}
 #: The hash of the default specification (what ``feature_spec_hash`` in a model must equal).
 FEATURE_SPEC_HASH = DEFAULT_SPEC.hash
-#: Before declared specifications, models carried ``feature_schema`` = "v1:" + a hash of the names.
-#: The default specification reproduces those 62 columns exactly, so such a model is accepted when the
-#: service runs the default specification (and only then).
-LEGACY_FEATURE_SCHEMA_V1 = "v1:" + hashlib.sha256("\n".join(FEATURE_NAMES).encode()).hexdigest()[:16]
+#: Before declared specifications, models carried ``feature_schema`` = "v1:" + a hash of the names of
+#: its 62 columns (re-exported from :mod:`features.spec`, which accepts such a model only under the
+#: specification that reproduces those columns).
+LEGACY_FEATURE_SCHEMA_V1 = LEGACY_SCHEMA_V1
 
 
 def _scope_names(spec: FeatureSpec, scope: str) -> tuple[str, ...]:

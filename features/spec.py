@@ -16,11 +16,14 @@ A specification is a JSON file validated by :class:`FeatureSpec`::
 
 Each feature is a name bound to a computation by its ``kind`` (the registry lives in
 :mod:`features.computations`); the column order of the model is the order of ``features``. The
-package ships :data:`DEFAULT_SPEC_PATH` (``default_spec.json``), which reproduces the 62 columns the
-project has always had, in the same order with the same meaning.
+package ships :data:`DEFAULT_SPEC_PATH` (``default_spec.json``): the 62 columns of feature schema v1 in
+their order and meaning, with the lifecycle columns (issue 19) after the member totals.
 
 The hash (:attr:`FeatureSpec.hash`) covers the version, every feature's name, kind and parameters,
-the vocabularies and the context declarations (not descriptions). It is written into every exported
+the vocabularies and the context declarations (not descriptions), and, when a lifecycle feature is
+declared, the membership programme's configuration (:class:`features.lifecycle.LifecycleConfig`, from
+settings: :meth:`FeatureSpec.with_lifecycle`) where it differs from the defaults: a stage or tier gap
+means what the thresholds it was computed with say. It is written into every exported
 model (``feature_spec_hash``) and the service refuses a model whose hash differs from the spec it runs.
 
 Decayed counters in the member state keep fixed half-lives (:data:`features.decay.HALF_LIFE_LABELS`);
@@ -38,6 +41,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.decay import HALF_LIFE_LABELS
+from features.lifecycle import DEFAULT_CONFIG as DEFAULT_LIFECYCLE
+from features.lifecycle import LifecycleConfig
 
 DEFAULT_SPEC_PATH = Path(__file__).with_name("default_spec.json")
 
@@ -86,6 +91,9 @@ class FeatureSpec(BaseModel):
     vocabularies: dict[str, list[VocabValue]] = {}
     context: dict[Literal["page_type", "category", "device", "channel"], ContextField] = {}
     features: Annotated[list[Feature], Field(min_length=1)]
+    #: The programme configuration the lifecycle features are computed under (None: the defaults). The
+    #: service and training set it from settings (:meth:`with_lifecycle`).
+    lifecycle: LifecycleConfig | None = None
 
     @field_validator("vocabularies")
     @classmethod
@@ -125,14 +133,34 @@ class FeatureSpec(BaseModel):
     def __len__(self) -> int:
         return len(self.features)
 
+    @property
+    def lifecycle_config(self) -> LifecycleConfig:
+        """The programme configuration lifecycle features are computed under."""
+        return self.lifecycle or DEFAULT_LIFECYCLE
+
+    @cached_property
+    def uses_lifecycle(self) -> bool:
+        """True when a feature reads the programme configuration (a lifecycle feature)."""
+        from features.computations import kind_of
+
+        return any(kind_of(f).lifecycle for f in self.features)
+
     def canonical(self) -> dict[str, Any]:
-        """What the hash covers: everything that changes a column's value, nothing cosmetic."""
-        return {
+        """What the hash covers: everything that changes a column's value, nothing cosmetic.
+
+        The programme configuration only where a feature reads it, and only the fields that differ from
+        the defaults (a new configuration field with a default leaves every hash as it was)."""
+        out: dict[str, Any] = {
             "version": self.version,
             "vocabularies": self.vocabularies,
             "context": {k: v.model_dump() for k, v in sorted(self.context.items())},
             "features": [{"name": f.name, "kind": f.kind, "params": f.params} for f in self.features],
         }
+        if self.uses_lifecycle:
+            changed = self.lifecycle_config.model_dump(mode="json", exclude_defaults=True)
+            if changed:
+                out["lifecycle"] = changed
+        return out
 
     @cached_property
     def hash(self) -> str:
@@ -157,6 +185,22 @@ class FeatureSpec(BaseModel):
         """A copy with one vocabulary replaced (e.g. the subtypes of an operator's taxonomy)."""
         data = self.model_dump()
         data["vocabularies"] = {**data["vocabularies"], name: list(values)}
+        return FeatureSpec.model_validate(data)
+
+    def with_lifecycle(self, config: LifecycleConfig) -> FeatureSpec:
+        """A copy computed under the programme configuration ``config`` (the settings' one).
+
+        A specification file that declares a different configuration is refused rather than silently
+        overridden: the programme configuration has one source, the settings."""
+        if self.lifecycle is not None and self.lifecycle != config:
+            raise SpecError(
+                "the feature specification declares a lifecycle configuration that differs from the "
+                "settings' (BENEFITS_LIFECYCLE / BENEFITS_LIFECYCLE_CONFIG_PATH): declare it there only"
+            )
+        if self.lifecycle_config == config:
+            return self
+        data = self.model_dump()
+        data["lifecycle"] = None if config == DEFAULT_LIFECYCLE else config.model_dump()
         return FeatureSpec.model_validate(data)
 
     def to_json(self) -> str:
@@ -188,22 +232,25 @@ def half_life_index(label: str) -> int:
 
 
 #: Before declared specifications, models carried ``feature_schema`` = "v1:" + a hash of the names of
-#: the 62 columns the default specification reproduces exactly (computed in features.projection).
+#: their 62 columns. The specification that reproduces those columns exactly (the default one without
+#: its lifecycle columns) has the hash :data:`LEGACY_V1_SPEC_HASH`; such a model is accepted under it
+#: only (the default specification has more columns since issue 19).
 LEGACY_SCHEMA_KEY = "feature_schema"
+LEGACY_SCHEMA_V1 = "v1:ce13b0fe4ed171e9"
+LEGACY_V1_SPEC_HASH = "b1f6c92f7b3036c1"
 
 
 def spec_mismatch(meta: dict[str, str], spec: FeatureSpec) -> str | None:
     """Why a model's metadata does not fit ``spec`` (None when it does).
 
-    A model from before declared specifications (only the legacy ``feature_schema``) fits the default
-    specification, and only it, when its schema string is the v1 one.
+    A model from before declared specifications (only the legacy ``feature_schema``) fits the
+    specification of the v1 columns (:data:`LEGACY_V1_SPEC_HASH`), and only it, when its schema string
+    is the v1 one.
     """
     got = meta.get("feature_spec_hash")
     if got is None:
-        from features.projection import LEGACY_FEATURE_SCHEMA_V1
-
         legacy = meta.get(LEGACY_SCHEMA_KEY)
-        if legacy == LEGACY_FEATURE_SCHEMA_V1 and spec.hash == default_spec().hash:
+        if legacy == LEGACY_SCHEMA_V1 and spec.hash == LEGACY_V1_SPEC_HASH:
             return None
         return f"model has no feature_spec_hash (feature_schema {legacy!r}); the specification is {spec.hash}"
     if got != spec.hash:

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.lifecycle import DEFAULT_CONFIG as DEFAULT_LIFECYCLE
+from features.lifecycle import ConfigError, LifecycleConfig, load_config
 from infra.redis_layout import RedisLayout
 
 _DEV_KEYS = {"dev-storefront-key", "dev-admin-key"}
@@ -92,6 +94,12 @@ class Settings(BaseSettings):
     taxonomy_path: Path | None = None
     #: The feature specification (JSON); None = the shipped default (features/default_spec.json).
     feature_spec_path: Path | None = None
+    #: The membership programme (features.lifecycle.LifecycleConfig: stage thresholds, tier rules, the
+    #: points-expiry window), as JSON; eligibility in ranking and claims, reasons and the lifecycle
+    #: features all read this one object.
+    lifecycle: LifecycleConfig = DEFAULT_LIFECYCLE
+    #: ... or the same JSON in a file (read once, when the settings are built; not with lifecycle).
+    lifecycle_config_path: Path | None = None
 
     # --- API
     host: str = "127.0.0.1"
@@ -176,6 +184,19 @@ class Settings(BaseSettings):
     reason_popular_min_claims: Annotated[int, Field(ge=1)] = 20
     #: Categories whose browsing, purchases or pages are never quoted back (health data, pregnancy).
     sensitive_categories: list[str] = ["health", "baby"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lifecycle_file(cls, data: object) -> object:
+        # The file is read here, once, so a bad file stops start-up naming the setting and the field.
+        if not isinstance(data, dict) or data.get("lifecycle_config_path") in (None, ""):
+            return data
+        if data.get("lifecycle") is not None:
+            raise ValueError("set BENEFITS_LIFECYCLE or BENEFITS_LIFECYCLE_CONFIG_PATH, not both")
+        try:
+            return {**data, "lifecycle": load_config(data["lifecycle_config_path"])}
+        except ConfigError as exc:
+            raise ValueError(f"BENEFITS_LIFECYCLE_CONFIG_PATH: {exc}") from None
 
     @field_validator("embedded_redis_dir", mode="before")
     @classmethod

@@ -193,6 +193,7 @@ async def feedback(
         str | None,
         Header(description="1-64 of A-Z a-z 0-9 _ . : @ -; a retry with it returns the first outcome"),
     ] = None,
+    accept_language: Annotated[str | None, Header(max_length=MAX_ACCEPT_LANGUAGE)] = None,
 ) -> Response:
     """Record what the member saw and did; published to the member-events topic before answering 202.
 
@@ -201,7 +202,9 @@ async def feedback(
     request carries ``X-Member-Token`` for the body's member (403 otherwise).
 
     A claim is checked and reserved atomically (eligibility, caps, stock, budget): a refusal is a 409
-    naming the rule (``reason``) with its sentence. Send an ``Idempotency-Key`` header (or ``event_id``):
+    naming the rule (``reason``) with its sentence, in the body's ``locale``, else the best
+    ``Accept-Language`` match, else the service default (as recommend). Send an ``Idempotency-Key`` header
+    (or ``event_id``):
     a retry with the same key returns the first outcome and changes nothing. A 503 whose message says
     "outcome unknown" must be retried with the same key."""
     check_member_token(res, member_token, body.member_id)
@@ -229,6 +232,7 @@ async def feedback(
         event_id=body.event_id,
         idempotency_key=idempotency_key,
         context=context,
+        locale=negotiate(body.locale, accept_language, res.settings.default_locale),
     )
     return _json(out, 202)
 

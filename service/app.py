@@ -108,7 +108,9 @@ async def _initial_catalog(res: Resources) -> None:
         await res.catalog.refresh_usage()
     except (RedisError, OSError) as exc:
         log.warning("catalog store unreachable at start (%s): serving the seed catalog until it is back", exc)
-        res.catalog.current = build_snapshot(0, seed, time.time(), spec=res.catalog.spec)
+        res.catalog.current = build_snapshot(
+            0, seed, time.time(), spec=res.catalog.spec, lifecycle=res.catalog.lifecycle
+        )
 
 
 async def _initial_experiment(experiments: ExperimentRuntime, settings: Settings) -> None:
@@ -180,8 +182,12 @@ def create_app(settings: Settings) -> FastAPI:
         catalog_store = CatalogStore(client, settings.layout)
         taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
         # The operator's subtypes (and categories, tags) are the specification's vocabularies: a model
-        # trained on another taxonomy has another hash and is refused.
-        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy)
+        # trained on another taxonomy has another hash and is refused. So does the programme configuration
+        # (stage thresholds, tier rules) when the spec has lifecycle features; eligibility in ranking
+        # and claims, reasons and features all read settings.lifecycle.
+        spec = spec_for_taxonomy(load_spec(settings.feature_spec_path), taxonomy).with_lifecycle(
+            settings.lifecycle
+        )
         check_sensitive_categories(settings, taxonomy)
         log.info(
             "feature specification %s (%d features), %d categories",
@@ -195,7 +201,9 @@ def create_app(settings: Settings) -> FastAPI:
             settings.idempotency_ttl_seconds,
             settings.money_retention_seconds,
         )
-        catalog = CatalogHolder(catalog_store, store, spec, taxonomy, money=money)
+        catalog = CatalogHolder(
+            catalog_store, store, spec, taxonomy, money=money, lifecycle=settings.lifecycle
+        )
         registry = Registry(settings.registry_dir)
         models = ModelHolder(registry, settings.scorer_runtime, settings.scorer_cache_dir, spec=spec)
         # Feedback waiting on a slow or dead broker may hold at most a quarter of the in-flight slots,

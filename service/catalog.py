@@ -29,6 +29,7 @@ import orjson
 from features.context import ContextVocabulary
 from features.demo_catalog import demo_catalog
 from features.eligibility import EligibilityTable
+from features.lifecycle import LifecycleConfig
 from features.offer_stats import OfferCounters, merge_all
 from features.offers import Offer
 from features.projection import DEFAULT_SPEC, OfferTable
@@ -81,11 +82,16 @@ def build_snapshot(
     stats: dict[str, OfferCounters] | None = None,
     reserved: dict[str, int] | None = None,
     spec: FeatureSpec = DEFAULT_SPEC,
+    lifecycle: LifecycleConfig | None = None,
 ) -> CatalogSnapshot:
-    """Column tables for ``offers`` (sorted by id so every replica has the same order)."""
+    """Column tables for ``offers`` (sorted by id so every replica has the same order).
+
+    ``lifecycle`` (default: the specification's, which the service sets from settings) is the
+    programme configuration eligibility reads the state with, in ranking and in claims alike."""
     offers = sorted(offers, key=lambda o: o.offer_id)
     table = OfferTable(offers, spec)
-    return _with_usage(version, offers, table, EligibilityTable(offers), now, stats or {}, reserved or {})
+    elig = EligibilityTable(offers, lifecycle or spec.lifecycle_config)
+    return _with_usage(version, offers, table, elig, now, stats or {}, reserved or {})
 
 
 def _with_usage(
@@ -172,11 +178,15 @@ class CatalogHolder:
         spec: FeatureSpec = DEFAULT_SPEC,
         taxonomy: Taxonomy = DEMO_TAXONOMY,
         money: MoneyStore | None = None,
+        lifecycle: LifecycleConfig | None = None,
     ) -> None:
         self.store = store
         self.members = members
         #: The feature specification the tables are built for, and the operator's taxonomy.
         self.spec = spec
+        #: The programme configuration of every snapshot's eligibility table (the one claims and
+        #: ranking evaluate with); the specification's unless given.
+        self.lifecycle = lifecycle or spec.lifecycle_config
         self.taxonomy = taxonomy
         self.context_vocabulary = ContextVocabulary.of(spec, taxonomy)
         #: Stock and budget use come from the claim script's own counters when given (exact and
@@ -208,7 +218,9 @@ class CatalogHolder:
             if await self.store.seed_if_empty(list(current.offers)):
                 log.warning("catalog store was empty: re-seeded it with %d offers in process", len(current))
             return False
-        self.current = build_snapshot(version, offers, now, self._stats, self._reserved, self.spec)
+        self.current = build_snapshot(
+            version, offers, now, self._stats, self._reserved, self.spec, self.lifecycle
+        )
         log.info("catalog version %d installed (%d offers)", version, len(offers))
         return True
 

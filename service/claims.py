@@ -49,8 +49,8 @@ from infra.money_store import ClaimOutcome, MoneyStore
 from infra.redis_layout import MemberStore
 from service.catalog import CatalogHolder
 from service.errors import ClaimRefused, NotFound, NotPublished, Unavailable
+from service.i18n import DEFAULT_LOCALE, exclusion_text
 from service.metrics import Metrics
-from service.ranking import EXCLUSION_SENTENCES
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,15 @@ class ClaimService:
         context: Context | None = None,
         now: float | None = None,
         arm: str | None = None,
+        locale: str = DEFAULT_LOCALE,
     ) -> dict[str, Any]:
         """Claim one unit of ``offer_id`` for ``member_id``; ``event_id`` is the idempotency key.
 
-        Returns the accepted answer; raises :class:`ClaimRefused` (409), :class:`NotFound` (404) or
-        :class:`Unavailable` (503)."""
+        Returns the accepted answer; raises :class:`ClaimRefused` (409, its sentence in ``locale``),
+        :class:`NotFound` (404) or :class:`Unavailable` (503)."""
         t0 = time.perf_counter()
         try:
-            return await self._claim(member_id, offer_id, event_id, event_ts, context, now, arm)
+            return await self._claim(member_id, offer_id, event_id, event_ts, context, now, arm, locale)
         finally:
             if self.metrics is not None:
                 self.metrics.claim_seconds.observe(time.perf_counter() - t0)
@@ -146,6 +147,7 @@ class ClaimService:
         context: Context | None,
         now: float | None,
         arm: str | None = None,
+        locale: str = DEFAULT_LOCALE,
     ) -> dict[str, Any]:
         now = time.time() if now is None else now
         snap = self.catalog.current
@@ -158,7 +160,7 @@ class ClaimService:
 
         prior = await self._with_retries(lambda: self.money.outcome(offer_id, member_id, event_id), deadline)
         if prior is not None:
-            return await self._answer(offer, member_id, prior, arm)
+            return await self._answer(offer, member_id, prior, arm, locale)
 
         try:
             stored = await self.members.get_member(member_id)
@@ -171,7 +173,7 @@ class ClaimService:
         rule = RULES[code] if code >= 0 and RULES[code] not in NOT_FOR_CLAIMS else None
         if rule is not None and code < _FIRST_SCRIPT_RULE:
             outcome = await self._refuse(offer_id, member_id, event_id, event_ts or now, rule)
-            return await self._answer(offer, member_id, outcome, arm)
+            return await self._answer(offer, member_id, outcome, arm, locale)
         # Rules after stock and budget (claimed, dismissed) go to the script, which reports stock and
         # budget first: the same first failing rule as ranking's.
         limits = self.money.limits(offer)
@@ -179,7 +181,7 @@ class ClaimService:
             lambda: self.money.claim(offer_id, member_id, event_id, event_ts or now, now, limits, rule),
             deadline,
         )
-        return await self._answer(offer, member_id, outcome, arm)
+        return await self._answer(offer, member_id, outcome, arm, locale)
 
     async def _refuse(
         self, offer_id: str, member_id: str, event_id: str, event_ts: float, reason: str
@@ -211,14 +213,19 @@ class ClaimService:
                 raise Unavailable(UNKNOWN) from None
 
     async def _answer(
-        self, offer: Offer, member_id: str, outcome: ClaimOutcome, arm: str | None = None
+        self,
+        offer: Offer,
+        member_id: str,
+        outcome: ClaimOutcome,
+        arm: str | None = None,
+        locale: str = DEFAULT_LOCALE,
     ) -> dict[str, Any]:
         if not outcome.accepted:
             reason = outcome.reason or "claimed"
             self._count(f"refused_{reason}")
-            raise ClaimRefused(
-                reason, EXCLUSION_SENTENCES.get(reason, "The claim was refused."), offer.offer_id
-            )
+            # The sentence of the rule, from the message catalogue in the request's language (the
+            # stored first outcome keeps its rule; its sentence follows the asking request).
+            raise ClaimRefused(reason, exclusion_text(reason, locale), offer.offer_id)
         cost = self.money.limits(offer).cost_milli / 1000.0
         event = claim_event(offer, member_id, outcome.event_id, outcome.event_ts, cost, arm)
         try:

@@ -38,6 +38,7 @@ from service.claims import ClaimService, event_id_for
 from service.erasure import Eraser, ErasureReport
 from service.errors import ClaimRefused, NotFound, Unavailable
 from service.experiment_runtime import FEEDBACK_COUNTER, ExperimentRuntime
+from service.i18n import DEFAULT_LOCALE
 from service.metrics import Metrics
 from service.publisher import Publisher
 
@@ -123,7 +124,10 @@ class FeedbackService:
         event_id: str | None = None,
         idempotency_key: str | None = None,
         context: Context | None = None,
+        locale: str = DEFAULT_LOCALE,
     ) -> dict[str, object]:
+        """Publish one feedback event; a claim goes through :class:`service.claims.ClaimService` (its
+        refusal's sentence in ``locale``)."""
         snap = self.catalog.current
         i = snap.table.index.get(offer_id) if snap is not None else None
         if snap is None or i is None:
@@ -137,7 +141,9 @@ class FeedbackService:
         eid = event_id_for(member_id, offer_id, kind, idempotency_key, event_id)
         if kind == "claim":
             try:
-                out = await self.claims.claim(member_id, offer_id, eid, event_ts, context, arm=arm)
+                out = await self.claims.claim(
+                    member_id, offer_id, eid, event_ts, context, arm=arm, locale=locale
+                )
             except ClaimRefused as exc:
                 self.metrics.business.claim(offer, exc.reason)
                 raise

@@ -54,7 +54,8 @@ REASON_PARAMS: dict[str, tuple[str, ...]] = {
     "paid_expiring_today": ("plan",),
     "paid_lapsed": ("plan",),
     "tier_progress": ("amount", "tier"),
-    "points_expiring": ("points",),
+    "points_expiring": ("points", "days"),
+    "points_expiring_today": ("points",),
     "welcome_back": (),
     "available": (),
 }
@@ -62,7 +63,9 @@ REASON_PARAMS: dict[str, tuple[str, ...]] = {
 EXCLUSION_CODES: tuple[str, ...] = (*RULES, "fairness_guard")
 
 _LOCALE_DIR = Path(__file__).with_name("locales")
-_MONEY_PARAMS = frozenset({"value", "threshold", "amount"})
+_MONEY_PARAMS = frozenset({"value", "threshold"})
+#: Money in whole currency units ("Spend CN¥120 more"): the amount is rounded up to a unit already.
+_WHOLE_MONEY_PARAMS = frozenset({"amount"})
 #: ``plan`` is the paid programme's own name ("PLUS"), shown as it is; the unnamed plan is "paid".
 _NAME_PARAMS = {
     "category": "category",
@@ -110,6 +113,13 @@ def money(amount: float, tag: str) -> str:
     return format_currency(amount, CURRENCY, locale=_babel_locale(tag))
 
 
+def whole_money(amount: float, tag: str) -> str:
+    """``amount`` in the locale's currency format without the fraction digits (CN¥120, ¥120)."""
+    loc = _babel_locale(tag)
+    pattern = loc.currency_formats["standard"].pattern.split(";")[0].replace(".00", "")
+    return format_currency(round(amount), CURRENCY, format=pattern, locale=loc, currency_digits=False)
+
+
 def number(x: float, tag: str) -> str:
     return format_decimal(x, locale=_babel_locale(tag))
 
@@ -119,6 +129,8 @@ def _format_params(params: Mapping[str, object], tag: str) -> dict[str, str]:
     for k, v in params.items():
         if k in _MONEY_PARAMS:
             out[k] = money(float(v), tag)  # type: ignore[arg-type]
+        elif k in _WHOLE_MONEY_PARAMS:
+            out[k] = whole_money(float(v), tag)  # type: ignore[arg-type]
         elif k in _NAME_PARAMS:
             out[k] = str(translations(tag).pgettext(_NAME_PARAMS[k], str(v)))
         elif isinstance(v, int | float):

@@ -37,6 +37,8 @@ def policy_from(settings: Settings) -> Policy:
             popular_min_impressions=s.reason_popular_min_impressions,
             popular_min_claims=s.reason_popular_min_claims,
             sensitive_categories=frozenset(s.sensitive_categories),
+            # The same object the catalog's eligibility tables and the feature specification get.
+            lifecycle=s.lifecycle,
         ),
         fairness_guard=s.fairness_guard_enabled,
     )

@@ -162,7 +162,6 @@ def rank(
         now,
         snap.claimed,
         snap.cost_used,
-        lifecycle=policy.reasons.lifecycle,
     )
     eligible = np.flatnonzero(reason < 0)
     guarded = fg.blocked(snap, reason, eligible, state, context, now) if policy.fairness_guard else _NONE

@@ -30,12 +30,15 @@ paid_expiring_today    the same, ending within a day
 paid_lapsed            a renewal offer (``paid_lapsed_within_days`` set); the paid membership lapsed
                        within that many days
 tier_progress          a tier nudge (a tier-gap rule set); the member's growth value is short of the next
-                       tier by a gap within the rule's range; ``amount`` is the spend that closes it
-                       (rounded up to a whole unit)
-points_expiring        a points offer (``points_expiring_within_days`` set); ``points`` (> 0) of the
-                       member's points expire before the end of this UTC month
-welcome_back           a wake-up offer (its stages include silent, lapsing or returning); the member is
-                       returning, or silent / lapsing and here now
+                       tier (``tier``, shown by its display name) by a gap within the rule's range;
+                       ``amount`` is the spend that closes it (rounded up to a whole currency unit)
+points_expiring        a points offer (``points_expiring_within_days`` = N set); ``points`` (> 0) of the
+                       member's points expire within ``days`` = N rounded up to whole days (at least 2):
+                       the window the sentence states is the one counted, and it holds the rule's window
+points_expiring_today  the same with N of a day or less (counted within one day)
+welcome_back           a wake-up offer (its stages include returning); the member's stage is
+                       ``returning``: back within ``returning_days`` after ``silent_days`` away (a silent
+                       or lapsing member has not come back, so is not welcomed back)
 high_value             the offer's value is at least ``high_value_share`` of the catalog's highest
 limited_quantity       limited stock with at least ``limited_share`` of it reserved
 popular                the offer's statistics: at least ``popular_min_impressions`` impressions and
@@ -93,6 +96,7 @@ MEMBER_CODES = frozenset(
         "paid_lapsed",
         "tier_progress",
         "points_expiring",
+        "points_expiring_today",
         "welcome_back",
     }
 )
@@ -250,9 +254,6 @@ def _member_premises(
     return out
 
 
-_WAKE_UP_STAGES = frozenset({"silent", "lapsing", "returning"})
-
-
 def lifecycle_premises(
     offer: Offer, state: MemberState, now: float, config: lc.LifecycleConfig
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -279,9 +280,15 @@ def lifecycle_premises(
             amount = math.ceil(gap / config.tiers.growth_per_currency)
             out.append(("tier_progress", {"amount": amount, "tier": progress.next_tier}))
     if el.points_expiring_within_days is not None:
-        points = lc.points_expiring(state, now, lc.month_end_ts(now))
+        # The window the sentence states ("within 30 days") is the window counted: whole days, at least
+        # the rule's own window, so the count is at least what made the member eligible.
+        days = max(1, math.ceil(el.points_expiring_within_days))
+        points = lc.points_expiring_within(state, now, days)
         if points > 0:
-            out.append(("points_expiring", {"points": points}))
-    if _WAKE_UP_STAGES & set(el.lifecycle_stages) and lc.stage(state, now, config) in _WAKE_UP_STAGES:
+            if days == 1:
+                out.append(("points_expiring_today", {"points": points}))
+            else:
+                out.append(("points_expiring", {"points": points, "days": days}))
+    if "returning" in el.lifecycle_stages and lc.stage(state, now, config) == "returning":
         out.append(("welcome_back", {}))
     return out

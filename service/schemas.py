@@ -119,6 +119,16 @@ class FeedbackRequest(BaseModel):
     event_id: EventId | None = None
     #: Where a claim is made; the offer's channel / page rules apply only when given.
     context: RecommendContext | None = None
+    #: Language of a claim refusal's sentence, as for recommend: this field, else Accept-Language, else
+    #: the service default.
+    locale: Annotated[str, Field(min_length=2, max_length=35)] | None = None
+
+    @field_validator("locale")
+    @classmethod
+    def _supported_locale(cls, v: str | None) -> str | None:
+        if v is not None and not is_supported(v):
+            raise ValueError(f"unsupported locale {v!r}; supported: {', '.join(LOCALES)}")
+        return v
 
 
 class FeedbackResponse(BaseModel):

@@ -18,6 +18,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from features.lifecycle import LifecycleConfig
 from features.spec import FeatureSpec, load_spec
 from features.taxonomy import load_catalog_file, spec_for_taxonomy
 from infra.registry import Registry
@@ -65,8 +66,10 @@ def import_booster(
     spec_path: Path | None = None,
     catalog: Path | None = None,
     promote: bool = False,
+    lifecycle: LifecycleConfig | None = None,
 ) -> str:
-    """Check, export (parity-gated) and register the booster; returns the new version."""
+    """Check, export (parity-gated) and register the booster; returns the new version. ``lifecycle``
+    (the settings' programme configuration) is the one its lifecycle columns were computed under."""
     if not Path(booster_path).exists():
         raise ValueError(f"{booster_path} does not exist")
     try:
@@ -76,6 +79,8 @@ def import_booster(
     spec: FeatureSpec = load_spec(spec_path)
     if catalog is not None:
         spec = spec_for_taxonomy(spec, load_catalog_file(catalog)[0])
+    if lifecycle is not None:
+        spec = spec.with_lifecycle(lifecycle)
     objective = str(booster.dump_model().get("objective", ""))
     if not objective.startswith(("binary", "cross_entropy")):
         raise ValueError(f"objective {objective!r}: the service needs a probability (binary objective)")

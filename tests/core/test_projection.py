@@ -35,9 +35,9 @@ def _state_with(events: list[ev.Event]) -> object:
 
 
 def test_feature_names_are_unique_and_versioned() -> None:
-    assert len(set(FEATURE_NAMES)) == N_FEATURES == 62
-    # The default specification reproduces the columns of feature schema v1 exactly (same names, same
-    # order): this value is what every model exported before declared specifications carries.
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 69
+    # What every model exported before declared specifications carries (the 62 columns of feature
+    # schema v1: the default specification without its lifecycle columns, tests/core/test_spec.py).
     assert LEGACY_FEATURE_SCHEMA_V1 == "v1:ce13b0fe4ed171e9"
 
 

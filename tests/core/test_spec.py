@@ -18,7 +18,15 @@ from features.projection import (
     OfferTable,
     rows,
 )
-from features.spec import DEFAULT_SPEC_PATH, FeatureSpec, SpecError, load_spec, parse_spec, spec_mismatch
+from features.spec import (
+    DEFAULT_SPEC_PATH,
+    LEGACY_V1_SPEC_HASH,
+    FeatureSpec,
+    SpecError,
+    load_spec,
+    parse_spec,
+    spec_mismatch,
+)
 from features.state import apply, new_state
 
 T0 = 1_760_000_000.0
@@ -30,11 +38,35 @@ def _spec(**changes: object) -> dict[str, object]:
     return data
 
 
+LIFECYCLE_FEATURES = (
+    "lifecycle_stage",
+    "days_since_visit",
+    "paid_days_left",
+    "paid_days_since_lapse",
+    "tier_gap",
+    "tier_gap_share",
+    "points_expiring",
+)
+
+
+def _v1_spec() -> FeatureSpec:
+    """The default specification without its lifecycle columns: the 62 columns of feature schema v1."""
+    data = _spec()
+    data["features"] = [f for f in data["features"] if f["name"] not in LIFECYCLE_FEATURES]  # type: ignore[attr-defined]
+    return FeatureSpec.model_validate(data)
+
+
 def test_default_spec_is_the_shipped_file_with_todays_columns() -> None:
     assert load_spec().hash == DEFAULT_SPEC.hash
-    assert DEFAULT_SPEC.names == FEATURE_NAMES and len(DEFAULT_SPEC) == 62
+    assert DEFAULT_SPEC.names == FEATURE_NAMES and len(DEFAULT_SPEC) == 69
     assert FEATURE_NAMES[:3] == ("tier", "paid_member", "log_points")
     assert FEATURE_NAMES[-2:] == ("device_code", "channel_code")
+    # The lifecycle columns (issue 19) follow the other member columns, so those stay one block.
+    i = FEATURE_NAMES.index("log_orders_total")
+    assert FEATURE_NAMES[i + 1 : i + 1 + len(LIFECYCLE_FEATURES)] == LIFECYCLE_FEATURES
+    # Without them the specification is the one of feature schema v1, hash for hash.
+    v1 = _v1_spec()
+    assert len(v1) == 62 and v1.hash == LEGACY_V1_SPEC_HASH
 
 
 def test_hash_covers_params_vocabularies_and_order_not_descriptions() -> None:
@@ -149,9 +181,11 @@ def test_models_are_checked_against_the_spec_hash() -> None:
     other = DEFAULT_SPEC.with_vocabulary("tier", ["regular", "silver", "gold", "diamond", "platinum"])
     assert spec_mismatch({"feature_spec_hash": DEFAULT_SPEC.hash}, DEFAULT_SPEC) is None
     assert "feature_spec_hash" in str(spec_mismatch({"feature_spec_hash": DEFAULT_SPEC.hash}, other))
-    # A model from before declared specifications: accepted by the default spec only.
+    # A model from before declared specifications (62 columns): accepted by the v1 columns' spec only,
+    # no longer by the default one, which has the lifecycle columns too.
     legacy = {"feature_schema": LEGACY_FEATURE_SCHEMA_V1}
-    assert spec_mismatch(legacy, DEFAULT_SPEC) is None
+    assert spec_mismatch(legacy, _v1_spec()) is None
+    assert spec_mismatch(legacy, DEFAULT_SPEC) is not None
     assert spec_mismatch(legacy, other) is not None
     assert spec_mismatch({"feature_schema": "v0:deadbeefdeadbeef"}, DEFAULT_SPEC) is not None
     assert spec_mismatch({}, DEFAULT_SPEC) is not None

@@ -32,6 +32,7 @@ from features import events as ev
 from features.decay import HOUR
 from features.eligibility import RULES, evaluate
 from features.events import TIERS
+from features.lifecycle import STAGES
 from features.offers import Caps, Eligibility, Offer
 from features.projection import Context
 from features.state import MemberState, apply, new_state
@@ -47,6 +48,87 @@ pytestmark = pytest.mark.integration
 
 T0 = 1.79e9
 _counter = iter(range(10**9))
+
+
+_DAYS = [0.5, 2.0, 5.0, 15.0, 35.0, 100.0]
+
+
+def _range(draw: st.DrawFn, values: list[float]) -> tuple[float | None, float | None]:
+    lo, hi = draw(st.none() | st.sampled_from(values)), draw(st.none() | st.sampled_from(values))
+    if lo is not None and hi is not None and lo > hi:
+        lo, hi = hi, lo
+    return lo, hi
+
+
+@st.composite
+def lifecycle_rules(draw: st.DrawFn) -> dict[str, Any]:
+    """Lifecycle eligibility (issue 19): none on about half the offers, else one or two rules."""
+    if draw(st.booleans()):
+        return {}
+    out: dict[str, Any] = {}
+    for rule in draw(
+        st.lists(
+            st.sampled_from(["stage", "order", "visit", "paid", "gap", "points"]),
+            min_size=1,
+            max_size=2,
+            unique=True,
+        )
+    ):
+        if rule == "stage":
+            out["lifecycle_stages"] = draw(
+                st.lists(st.sampled_from(STAGES), min_size=2, max_size=4, unique=True)
+            )
+        elif rule in ("order", "visit"):
+            out[f"min_days_since_{rule}"], out[f"max_days_since_{rule}"] = _range(draw, _DAYS)
+        elif rule == "paid":
+            out["paid_expiring_within_days"] = draw(st.none() | st.sampled_from([3.0, 7.0, 30.0]))
+            out["paid_lapsed_within_days"] = draw(st.none() | st.sampled_from([3.0, 14.0]))
+        elif rule == "gap":
+            out["min_tier_gap"], out["max_tier_gap"] = _range(draw, [10.0, 100.0, 500.0, 2500.0])
+        else:
+            out["points_expiring_within_days"] = draw(st.sampled_from([1.0, 7.0, 30.0]))
+            out["min_points_expiring"] = draw(st.sampled_from([1, 100, 400]))
+    return out
+
+
+#: A member's lifecycle history: (event kind, days before T0, fields); visits, orders (growth value),
+#: a paid membership with an expiry (or an end), points lots with expiries.
+@st.composite
+def lifecycles(draw: st.DrawFn) -> list[tuple[str, float, dict[str, Any]]]:
+    out: list[tuple[str, float, dict[str, Any]]] = []
+    joined = draw(st.sampled_from([3.0, 300.0]))
+    out.append(("profile", joined, {"joined_ts": T0 - joined * 86400}))
+    for age in draw(st.lists(st.sampled_from([0.2, 1.0, 4.0, 10.0, 20.0, 40.0, 70.0]), max_size=3)):
+        out.append(("view", age, {}))
+    for age, amount in draw(
+        st.lists(
+            st.tuples(st.sampled_from([1.0, 20.0, 45.0]), st.sampled_from([100.0, 950.0, 2900.0])), max_size=2
+        )
+    ):
+        out.append(("order", age, {"amount": amount}))
+    paid = draw(st.sampled_from(["none", "expiring", "lapsed", "ended"]))
+    if paid != "none":
+        expires = draw(st.sampled_from([-20.0, -2.0, 1.5, 6.0, 40.0]))
+        out.append(("paid", 300.0, {"expires_at": T0 + expires * 86400, "plan": "PLUS"}))
+        if paid == "ended":
+            out.append(("ended", draw(st.sampled_from([1.0, 10.0])), {}))
+    lots = draw(
+        st.lists(st.tuples(st.sampled_from([50, 300]), st.sampled_from([0.5, 5.0, 20.0, 45.0])), max_size=3)
+    )
+    if lots:
+        expiring = [ev.PointsLot(points=p, expires_at=T0 + d * 86400) for p, d in lots]
+        out.append(("points", 1.0, {"points": 1000, "expiring": expiring}))
+    return out
+
+
+_LIFECYCLE_EVENTS: dict[str, Any] = {
+    "profile": ev.ProfileUpdated,
+    "view": lambda **kw: ev.PageView(page_type="home", **kw),
+    "order": ev.Order,
+    "paid": ev.PaidMembershipStarted,
+    "ended": ev.PaidMembershipEnded,
+    "points": ev.PointsChanged,
+}
 
 
 @st.composite
@@ -69,6 +151,7 @@ def offers(draw: st.DrawFn, i: int) -> Offer:
             paid_only=draw(st.booleans()),
             channels=draw(st.lists(st.sampled_from(["app", "web"]), max_size=1)),
             valid_to_ts=draw(st.none() | st.just(T0 + 5 * HOUR)),
+            **draw(lifecycle_rules()),
         ),
         caps=Caps(
             max_claims_per_member=draw(st.integers(1, 3)),
@@ -163,11 +246,21 @@ def _expected(
     return RULES[code]
 
 
-@given(catalog=catalogs(), tiers=st.lists(st.sampled_from(TIERS), min_size=4, max_size=4), plan=steps)
+@given(
+    catalog=catalogs(),
+    tiers=st.lists(st.sampled_from(TIERS), min_size=4, max_size=4),
+    histories=st.lists(lifecycles(), min_size=4, max_size=4),
+    plan=steps,
+)
 def test_claims_follow_ranking_eligibility_and_never_exceed_a_limit(
-    redis_server: Service, catalog: list[Offer], tiers: list[str], plan: list[tuple[Any, ...]]
+    redis_server: Service,
+    catalog: list[Offer],
+    tiers: list[str],
+    histories: list[list[tuple[str, float, dict[str, Any]]]],
+    plan: list[tuple[Any, ...]],
 ) -> None:
-    # Members come from events (on the log, so that replay sees them too).
+    # Members come from events (on the log, so that replay sees them too), with lifecycles: stages,
+    # recency, paid memberships, growth value and expiring points for the lifecycle rules.
     history: list[ev.Event] = []
     states = []
     for i, tier in enumerate(tiers):
@@ -177,6 +270,9 @@ def test_claims_follow_ranking_eligibility_and_never_exceed_a_limit(
         ]  # type: ignore[arg-type]
         if i % 2 == 0:
             mine.append(ev.PaidMembershipStarted(event_id=f"p{i}", member_id=mid, event_ts=T0 - 86400))
+        for k, (kind, days_ago, fields) in enumerate(histories[i]):
+            make = _LIFECYCLE_EVENTS[kind]
+            mine.append(make(event_id=f"l{i}-{k}", member_id=mid, event_ts=T0 - days_ago * 86400, **fields))
         s = new_state(mid)
         for e in mine:
             apply(s, e)

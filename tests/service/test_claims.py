@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from features import events as ev
 from infra.money_store import MoneyStore, Usage
 from infra.settings import Settings
+from service.i18n import exclusion_text
 from tests.service.conftest import ADMIN, SF, live_server, wait_for
 from tests.service.test_feedback import consume
 
@@ -47,10 +48,19 @@ async def setup(c: httpx.AsyncClient, *offers: dict[str, Any]) -> None:
 
 
 async def claim(
-    c: httpx.AsyncClient, member: str, offer_id: str, key: str | None = None, **extra: Any
+    c: httpx.AsyncClient,
+    member: str,
+    offer_id: str,
+    key: str | None = None,
+    accept_language: str | None = "en",
+    **extra: Any,
 ) -> httpx.Response:
+    """A claim from a storefront that reads English unless told otherwise (refusal sentences follow the
+    body's ``locale``, then Accept-Language, then the service default, zh-CN)."""
     body = {"type": "claim", "member_id": member, "offer_id": offer_id, "request_id": "r", **extra}
-    headers = {**SF, "Idempotency-Key": key} if key else SF
+    headers = {**SF, "Idempotency-Key": key} if key else dict(SF)
+    if accept_language is not None:
+        headers["Accept-Language"] = accept_language
     return await c.post("/v1/feedback", json=body, headers=headers)
 
 
@@ -244,3 +254,32 @@ def test_redis_stalls_leak_nothing(
         assert unknown > 0, outcomes
     else:
         assert unknown == 0, outcomes
+
+
+def test_a_refusal_speaks_the_requests_language(fb_settings: Settings) -> None:
+    """The refusal's sentence comes from the message catalogue: the body's locale, else Accept-Language,
+    else the service default (zh-CN), as recommend chooses; the rule code stays the same."""
+    zh = exclusion_text("tier", "zh-CN")
+    assert zh != exclusion_text("tier", "en") and zh != "tier"
+
+    async def go(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=10.0) as c:
+            await setup(c, offer("diamond-zh", eligibility={"tiers": ["diamond"]}))
+            by_body = await claim(c, "reg-zh", "diamond-zh", key="zh-1", locale="zh-CN")
+            by_header = await claim(c, "reg-zh", "diamond-zh", key="zh-2", accept_language="zh-CN,zh;q=0.9")
+            by_default = await claim(c, "reg-zh", "diamond-zh", key="zh-3", accept_language=None)
+            english = await claim(c, "reg-zh", "diamond-zh", key="zh-4", accept_language="zh-CN", locale="en")
+            # A retry with the same key returns the first outcome, in the retry's language.
+            retry = await claim(c, "reg-zh", "diamond-zh", key="zh-1", locale="en")
+            for r in (by_body, by_header, by_default, english, retry):
+                assert r.status_code == 409, r.text
+                assert r.json()["reason"] == "tier"
+            assert (
+                by_body.json()["message"] == by_header.json()["message"] == by_default.json()["message"] == zh
+            )
+            assert english.json()["message"] == retry.json()["message"] == exclusion_text("tier", "en")
+            bad = await claim(c, "reg-zh", "diamond-zh", key="zh-5", locale="xx-YY")
+            assert bad.status_code == 422 and "locale" in bad.text
+
+    with live_server(fb_settings) as base:
+        asyncio.run(go(base))

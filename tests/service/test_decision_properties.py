@@ -12,6 +12,8 @@ random event histories, page contexts and offer statistics. Invariants:
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from features import events as ev
 from features.eligibility import evaluate
+from features.events import TIERS
 from features.offer_stats import OfferCounters
 from features.offers import Caps, Eligibility, Offer
 from features.projection import Context
@@ -32,7 +35,7 @@ from harness.testmodel import train_onnx
 from service.catalog import CatalogSnapshot, build_snapshot
 from service.model import LoadedModel, load_model
 from service.ranking import Mode, Policy, rank
-from service.reasons import MEMBER_CODES, REASON_CODES, ReasonRules
+from service.reasons import MEMBER_CODES, REASON_CODES, ReasonRules, sentence
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -58,6 +61,26 @@ _KIND_SUBTYPES = [
     ("benefit", "priority_delivery"),
     ("consult", "health"),
     ("consult", "stylist"),
+]
+
+
+#: Lifecycle eligibility (issue 19) of about half the offers: renewal, win-back, tier nudge, points and
+#: wake-up offers, windows of a day or less included (their sentences say "within a day").
+_LIFECYCLE_RULES: list[dict[str, Any]] = [
+    {},
+    {},
+    {},
+    {},
+    {"paid_expiring_within_days": 7.0},
+    {"paid_expiring_within_days": 0.5},
+    {"paid_lapsed_within_days": 14.0},
+    {"paid_expiring_within_days": 30.0, "paid_lapsed_within_days": 30.0},
+    {"max_tier_gap": 500.0},
+    {"min_tier_gap": 50.0, "max_tier_gap": 3000.0},
+    {"points_expiring_within_days": 30.0},
+    {"points_expiring_within_days": 0.7, "min_points_expiring": 10},
+    {"lifecycle_stages": ["silent", "lapsing", "returning"]},
+    {"lifecycle_stages": ["returning", "active"]},
 ]
 
 
@@ -88,6 +111,7 @@ def offers_st(draw: st.DrawFn) -> list[Offer]:
                     tiers=tiers,
                     paid_only=draw(st.booleans()) and draw(st.booleans()),
                     birthday_month_only=subtype == "birthday_gift" and draw(st.booleans()),
+                    **draw(st.sampled_from(_LIFECYCLE_RULES)),
                 ),
                 caps=Caps(max_claims_per_member=3, cooldown_after_claim_hours=0.0),
                 pinned=draw(st.integers(0, 5)) == 0,
@@ -107,6 +131,10 @@ class Member:
 
 
 _EDGE_AGES = [1800.0, 2 * DAY, 6.9 * DAY, 7.1 * DAY, 8 * DAY, 12 * DAY, 29 * DAY, 31 * DAY]
+#: Paid membership expiries around NOW (lapsed, ending within a day, within a week, later) and points
+#: lots' days to expiry (the past, within a day, a week, a month, later).
+_EXPIRIES = [NOW - 20 * DAY, NOW - 2 * DAY, NOW + 0.3 * DAY, NOW + 3 * DAY, NOW + 20 * DAY, NOW + 90 * DAY]
+_LOT_DAYS = [-1.0, 0.4, 0.9, 5.0, 29.5, 30.5, 60.0]
 
 
 @st.composite
@@ -115,12 +143,17 @@ def member_st(draw: st.DrawFn, offer_ids: list[str]) -> Member:
     n = draw(st.integers(0, 40))
     m = "m1"
     favourite = draw(st.sampled_from(CATS))  # most of a member's history is in one category
+    # A quarter of the members come back: a visit 35-60 days ago and nothing else older than 10 days.
+    comeback = draw(st.integers(0, 3)) == 0
+    max_age = 10 * DAY if comeback else 40 * DAY
     for k in range(n):
         # Ages straddling the 7-day and 30-day edges of the premises, and anything up to 40 days.
-        age = draw(st.one_of(st.sampled_from(_EDGE_AGES), st.floats(1.0, 40 * DAY)))
+        age = draw(
+            st.one_of(st.sampled_from([a for a in _EDGE_AGES if a <= max_age]), st.floats(1.0, max_age))
+        )
         ts = NOW - age
         eid = f"e{k}"
-        kind = draw(st.integers(0, 11))
+        kind = draw(st.integers(0, 14))
         cat = favourite if draw(st.booleans()) else draw(st.sampled_from(CATS))
         if kind <= 2:
             events.append(
@@ -149,8 +182,32 @@ def member_st(draw: st.DrawFn, offer_ids: list[str]) -> Member:
         elif kind == 10:
             tier = draw(st.sampled_from(["regular", "silver", "gold", "diamond"]))
             events.append(ev.TierChanged(event_id=eid, member_id=m, event_ts=ts, tier=tier))  # type: ignore[arg-type]
+        elif kind == 11:
+            events.append(
+                ev.PaidMembershipStarted(
+                    event_id=eid, member_id=m, event_ts=ts, plan=draw(st.sampled_from([None, "PLUS"])),
+                    expires_at=draw(st.sampled_from([None, *_EXPIRIES])),
+                )
+            )  # fmt: skip
+        elif kind == 12:
+            events.append(
+                ev.PaidMembershipRenewed(
+                    event_id=eid, member_id=m, event_ts=ts, expires_at=draw(st.sampled_from(_EXPIRIES))
+                )
+            )
+        elif kind == 13:
+            events.append(ev.PaidMembershipEnded(event_id=eid, member_id=m, event_ts=ts))
         else:
-            events.append(ev.PaidMembershipStarted(event_id=eid, member_id=m, event_ts=ts))
+            lots = draw(
+                st.lists(st.tuples(st.sampled_from([10, 300]), st.sampled_from(_LOT_DAYS)), max_size=4)
+            )
+            expiring = [ev.PointsLot(points=p, expires_at=NOW + d * DAY) for p, d in lots]
+            events.append(
+                ev.PointsChanged(event_id=eid, member_id=m, event_ts=ts, points=2000, expiring=expiring)
+            )
+    if comeback:
+        old = NOW - draw(st.sampled_from([35.0, 45.0, 60.0])) * DAY
+        events.append(ev.PageView(event_id="old", member_id=m, event_ts=old, page_type="home"))
     if draw(st.booleans()):
         month = draw(st.integers(1, 12))
         events.append(
@@ -212,8 +269,105 @@ def _latest(events: list[ev.Event], cls: type) -> Any:
     return max(found, key=lambda e: (e.event_ts, e.event_id)) if found else None
 
 
-def premise_holds(code: str, o: Offer, snap: CatalogSnapshot, member: Member, ctx: Context) -> bool:
+_PAID = (ev.PaidMembershipStarted, ev.PaidMembershipRenewed, ev.PaidMembershipEnded)
+_VISITS = (
+    ev.PageView, ev.Search, ev.AddToCart, ev.Order, ev.Click, ev.CouponClaim, ev.BenefitUse, ev.ConsultBooked
+)  # fmt: skip
+#: The default programme (features.lifecycle.LifecycleConfig), restated: tier thresholds and stages.
+_THRESHOLDS = {"silver": 1000.0, "gold": 3000.0, "diamond": 8000.0}
+
+
+def _paid_facts(evs: list[ev.Event]) -> tuple[float | None, float | None, str]:
+    """(days left of an active paid membership with an expiry, days since it lapsed, plan name) from
+    the events: the latest start / renewal / end decides, an expiry in the past is a lapse."""
+    latest = _latest(evs, _PAID)
+    named = [e for e in evs if isinstance(e, _PAID[:2]) and e.plan is not None]
+    plan = max(named, key=lambda e: (e.event_ts, e.event_id)).plan if named else "paid"
+    if latest is None:
+        return None, None, plan
+    if isinstance(latest, ev.PaidMembershipEnded):
+        return None, (NOW - latest.event_ts) / DAY, plan
+    if latest.expires_at is None:
+        return None, None, plan
+    if latest.expires_at > NOW:
+        return (latest.expires_at - NOW) / DAY, None, plan
+    return None, (NOW - latest.expires_at) / DAY, plan
+
+
+def _returning(evs: list[ev.Event]) -> bool:
+    """Stage ``returning``: not new (first seen 30+ days ago), here within 14 days, and back within 14
+    days after 30+ days without a visit (two consecutive visit days that far apart)."""
+    if not evs or NOW - min(e.event_ts for e in evs) < 30 * DAY:
+        return False
+    visits = [e.event_ts for e in evs if isinstance(e, _VISITS)]
+    if not visits or NOW - max(visits) >= 14 * DAY:
+        return False
+    days = sorted({int(t // DAY) for t in visits})
+    today = int(NOW // DAY)
+    return any(b - a >= 30 and today - b < 14 for a, b in itertools.pairwise(days))
+
+
+def _lifecycle_sentence(code: str, o: Offer, member: Member) -> str | None:
+    """The sentence a lifecycle reason must carry, from the events; None when its premise is false."""
+    evs, el = member.events, o.eligibility
+    left, lapsed, plan = _paid_facts(evs)
+    match code:
+        case "paid_expiring" | "paid_expiring_today":
+            if el.paid_expiring_within_days is None or left is None or left > el.paid_expiring_within_days:
+                return None
+            days = math.ceil(left)
+            if (days <= 1) != (code == "paid_expiring_today"):
+                return None
+            return sentence(code, {"plan": plan} if days <= 1 else {"plan": plan, "days": days})
+        case "paid_lapsed":
+            ok = el.paid_lapsed_within_days is not None and lapsed is not None
+            return sentence(code, {"plan": plan}) if ok and lapsed <= el.paid_lapsed_within_days else None  # type: ignore[operator]
+        case "tier_progress":
+            growth = sum(x.amount for x in _orders(evs))
+            tier_event = _latest(evs, ev.TierChanged)
+            declared = TIERS.index(tier_event.tier) if tier_event else 0
+            implied = max([0] + [TIERS.index(t) for t, need in _THRESHOLDS.items() if growth >= need])
+            current = max(declared, implied)
+            if current == len(TIERS) - 1:
+                return None
+            nxt = TIERS[current + 1]
+            gap = _THRESHOLDS[nxt] - growth
+            lo, hi = el.min_tier_gap or 0.0, el.max_tier_gap if el.max_tier_gap is not None else math.inf
+            if (
+                not (el.min_tier_gap is not None or el.max_tier_gap is not None)
+                or gap <= 0
+                or not lo <= gap <= hi
+            ):
+                return None
+            return sentence(code, {"amount": math.ceil(gap), "tier": nxt})
+        case "points_expiring" | "points_expiring_today":
+            snapshot = _latest(evs, ev.PointsChanged)
+            if el.points_expiring_within_days is None or snapshot is None:
+                return None
+            days = max(1, math.ceil(el.points_expiring_within_days))  # the window the sentence states
+            points = sum(lot.points for lot in snapshot.expiring if NOW < lot.expires_at <= NOW + days * DAY)
+            if points <= 0 or (days == 1) != (code == "points_expiring_today"):
+                return None
+            return sentence(code, {"points": points} if days == 1 else {"points": points, "days": days})
+        case "welcome_back":
+            return sentence(code, {}) if "returning" in el.lifecycle_stages and _returning(evs) else None
+    raise AssertionError(f"not a lifecycle code: {code}")
+
+
+_LIFECYCLE_CODES = frozenset(
+    {"paid_expiring", "paid_expiring_today", "paid_lapsed", "tier_progress", "points_expiring",
+     "points_expiring_today", "welcome_back"}
+)  # fmt: skip
+
+
+def premise_holds(
+    code: str, o: Offer, snap: CatalogSnapshot, member: Member, ctx: Context, text: str | None = None
+) -> bool:
+    """The premise of ``code`` from the generated events; for lifecycle reasons the sentence too (its
+    numbers, plan and tier are the ones the events give)."""
     evs = member.events
+    if code in _LIFECYCLE_CODES:
+        return text is not None and text == _lifecycle_sentence(code, o, member)
     orders = _orders(evs)
     mean = sum(x.amount for x in orders) / len(orders) if orders else 0.0
     sensitive = o.category in RULES.sensitive_categories or (
@@ -255,7 +409,9 @@ def premise_holds(code: str, o: Offer, snap: CatalogSnapshot, member: Member, ct
         case "tier_benefit":
             return bool(o.eligibility.tiers) and tier in o.eligibility.tiers and tier != "regular"
         case "paid_membership":
-            return o.eligibility.paid_only and any(isinstance(e, ev.PaidMembershipStarted) for e in evs)
+            latest = _latest(evs, _PAID)
+            active = isinstance(latest, _PAID[:2]) and (latest.expires_at is None or latest.expires_at > NOW)
+            return o.eligibility.paid_only and active
         case "coupon_habit":
             with_coupon = sum(1 for x in orders if x.coupon_id is not None)
             claims = sum(1 for e in evs if isinstance(e, ev.CouponClaim))
@@ -320,7 +476,7 @@ def test_every_reason_premise_holds(
         assert codes and codes[-1] == "available"
         for r in item.reasons:
             assert r["code"] in REASON_CODES
-            assert premise_holds(r["code"], o, snap, member, ctx), (r, o, member.events)
+            assert premise_holds(r["code"], o, snap, member, ctx, r["text"]), (r, o, member.events)
             for sensitive in RULES.sensitive_categories:
                 assert sensitive not in r["text"].lower(), r
             if mode is Mode.NON_PERSONALISED:

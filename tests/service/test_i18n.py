@@ -52,7 +52,10 @@ def test_every_category_and_tier_has_a_display_name(tag: str) -> None:
         for name in names:
             shown = tr.pgettext(ctx, name)
             assert shown
-            assert (shown == name) == (tag == "en")
+            if ctx == "tier" and tag == "en":
+                assert shown == name.capitalize()  # a tier is a name: "reach Gold"
+            else:
+                assert (shown == name) == (tag == "en")
 
 
 def test_lifecycle_sentences() -> None:
@@ -60,13 +63,24 @@ def test_lifecycle_sentences() -> None:
         "Your PLUS membership ends in 5 days."
     )
     assert i18n.reason_text("paid_lapsed", {"plan": "paid"}, "zh-CN").startswith("您的付费会员")
-    assert (
-        i18n.reason_text("tier_progress", {"amount": 120, "tier": "gold"}, "zh-CN")
-        == "再消费¥120.00即可升级为黄金。"
+    # The tier by its display name, the amount in whole currency units (it is rounded up to one).
+    assert i18n.reason_text("tier_progress", {"amount": 120, "tier": "gold"}, "en") == (
+        "Spend CN¥120 more to reach Gold."
     )
     assert (
-        i18n.reason_text("points_expiring", {"points": 3000}, "en")
-        == "3,000 of your points expire this month."
+        i18n.reason_text("tier_progress", {"amount": 1200, "tier": "gold"}, "zh-CN")
+        == "再消费¥1,200即可升级为黄金会员。"
+    )
+    # The window the sentence states is the offer's (the count is taken over it: service.reasons).
+    assert (
+        i18n.reason_text("points_expiring", {"points": 3000, "days": 30}, "en")
+        == "3,000 of your points expire within 30 days."
+    )
+    assert i18n.reason_text("points_expiring", {"points": 300, "days": 7}, "zh-CN") == (
+        "您有300积分将在7天内过期。"
+    )
+    assert i18n.reason_text("points_expiring_today", {"points": 50}, "en") == (
+        "50 of your points expire within a day."
     )
     assert i18n.reason_text("welcome_back", {}, "zh-CN") == "欢迎回来。"
 

@@ -159,11 +159,34 @@ async def test_lifecycle_reasons_are_true_of_the_state(client: httpx.AsyncClient
     await put_offer(client, "lc-nudge", max_tier_gap=200)
     await put_member(settings, "near-gold", [_e(ev.Order, "near-gold", now - DAY, amount=2880.0)])
     got = await outcome(client, "near-gold", "lc-nudge")
-    assert got["reasons"]["tier_progress"] == "Spend CN¥120.00 more to reach gold."
+    assert got["reasons"]["tier_progress"] == "Spend CN¥120 more to reach Gold."
+    got = await outcome(client, "near-gold", "lc-nudge", "zh-CN")
+    assert got["reasons"]["tier_progress"] == "再消费¥120即可升级为黄金会员。"
 
+    # The sentence states the offer's window and counts the points expiring within it (300 in 10 days
+    # and 200 in 25 are both within 30 days; the lot in 40 days is not).
+    await put_offer(client, "lc-points", points_expiring_within_days=30, min_points_expiring=100)
+    lots = [
+        ev.PointsLot(points=300, expires_at=now + 10 * DAY),
+        ev.PointsLot(points=200, expires_at=now + 25 * DAY),
+        ev.PointsLot(points=900, expires_at=now + 40 * DAY),
+    ]
+    await put_member(
+        settings, "points", [_e(ev.PointsChanged, "points", now - DAY, points=2000, expiring=lots)]
+    )
+    got = await outcome(client, "points", "lc-points")
+    assert got["reasons"]["points_expiring"] == "500 of your points expire within 30 days."
+    got = await outcome(client, "points", "lc-points", "zh-CN")
+    assert got["reasons"]["points_expiring"] == "您有500积分将在30天内过期。"
+
+    # "Welcome back." only for a member who came back (stage returning), not for one still away.
     await put_offer(client, "lc-wake", lifecycle_stages=["silent", "returning"])
     await put_member(settings, "asleep", [_e(ev.PageView, "asleep", now - 50 * DAY, page_type="home")])
     got = await outcome(client, "asleep", "lc-wake")
+    assert got["shown"] and "welcome_back" not in got["reasons"]
+    back = [_e(ev.PageView, "back", now - t * DAY, page_type="home") for t in (50, 2)]
+    await put_member(settings, "back", back)
+    got = await outcome(client, "back", "lc-wake")
     assert got["reasons"]["welcome_back"] == "Welcome back."
 
 

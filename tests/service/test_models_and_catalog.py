@@ -54,9 +54,30 @@ def test_models_are_bound_to_the_spec_hash(tmp_path: Path, model_bytes: dict[str
     path.write_bytes(legacy.SerializeToString())
     with pytest.raises(ModelRefused, match="no feature_spec_hash"):
         load_model(path, "legacy", spec=other)
-    set_meta(legacy, {"feature_schema": LEGACY_FEATURE_SCHEMA_V1})
-    path.write_bytes(legacy.SerializeToString())
-    assert load_model(path, "legacy").version == "legacy"
+    # A model from before declared specifications has the 62 columns of feature schema v1: the default
+    # specification (with the lifecycle columns since issue 19) refuses it, the v1 columns' spec takes it.
+    import lightgbm as lgb
+    import numpy as np
+
+    from features.spec import LEGACY_V1_SPEC_HASH, FeatureSpec
+    from training.export import to_onnx
+
+    x = np.random.default_rng(0).random((400, 62))
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1}, lgb.Dataset(x, label=x[:, 0] > 0.5), 3
+    )
+    old = to_onnx(booster, n_features=62)
+    set_meta(old, {"feature_schema": LEGACY_FEATURE_SCHEMA_V1})
+    path.write_bytes(old.SerializeToString())
+    with pytest.raises(ModelRefused, match="no feature_spec_hash"):
+        load_model(path, "legacy")
+    lifecycle = {"lifecycle_stage", "days_since", "paid_days_left", "paid_days_since_lapse", "tier_gap",
+                 "points_expiring"}  # fmt: skip
+    data = DEFAULT_SPEC.model_dump()
+    data["features"] = [f for f in data["features"] if f["kind"] not in lifecycle]
+    v1 = FeatureSpec.model_validate(data)
+    assert v1.hash == LEGACY_V1_SPEC_HASH
+    assert load_model(path, "legacy", spec=v1).version == "legacy"
 
 
 def test_empty_file_is_refused(tmp_path: Path) -> None:

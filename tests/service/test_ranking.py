@@ -226,6 +226,73 @@ def test_lifecycle_offers_shown_when_the_member_qualifies(model: LoadedModel) ->
     assert "points_expiring" in reasons["points"]
 
 
+def _paid(*events: tuple[type[ev._Event], float, dict[str, Any]]) -> MemberState:
+    s = state_with(joined_ts=NOW - 400 * DAY)
+    for n, (kind, ts, kw) in enumerate(events):
+        apply(s, kind(event_id=f"p{n}", member_id="m1", event_ts=ts, **kw))  # type: ignore[arg-type]
+    return s
+
+
+@pytest.mark.parametrize(
+    ("state", "shown"),
+    [
+        # expired unrenewed 5 days ago (no end event: the expiry is the lapse)
+        (
+            _paid((ev.PaidMembershipStarted, NOW - 370 * DAY, {"plan": "PLUS", "expires_at": NOW - 5 * DAY})),
+            True,
+        ),
+        # ended 3 days ago by an end event
+        (
+            _paid(
+                (ev.PaidMembershipStarted, NOW - 90 * DAY, {"plan": "PLUS"}),
+                (ev.PaidMembershipEnded, NOW - 3 * DAY, {}),
+            ),
+            True,
+        ),
+        # exactly at the window's edge: lapsed 14 days ago
+        (_paid((ev.PaidMembershipStarted, NOW - 380 * DAY, {"expires_at": NOW - 14 * DAY})), True),
+        # lapsed too long ago
+        (_paid((ev.PaidMembershipStarted, NOW - 400 * DAY, {"expires_at": NOW - 30 * DAY})), False),
+        # still a paid member (ends in 3 days: an expiring member, not a lapsed one)
+        (_paid((ev.PaidMembershipStarted, NOW - 360 * DAY, {"expires_at": NOW + 3 * DAY})), False),
+        # renewed after the lapse: a paid member again
+        (
+            _paid(
+                (ev.PaidMembershipStarted, NOW - 370 * DAY, {"expires_at": NOW - 5 * DAY}),
+                (ev.PaidMembershipRenewed, NOW - DAY, {"expires_at": NOW + 364 * DAY}),
+            ),
+            False,
+        ),
+        # never a paid member
+        (state_with(joined_ts=NOW - 400 * DAY), False),
+    ],
+    ids=["expired", "ended", "edge", "too-long-ago", "active", "renewed", "never"],
+)
+def test_paid_lapsed_within_days(state: MemberState, shown: bool, model: LoadedModel) -> None:
+    """A win-back offer for paid memberships that lapsed within the last 14 days: shown with the
+    ``paid_lapsed`` reason to those members only, refused with ``paid_renewal_window`` otherwise."""
+    target = offer("winback", eligibility=Eligibility(paid_lapsed_within_days=14))
+    snap = build_snapshot(1, [target, offer("control")], NOW)
+    out = rank(
+        snap, state, Context(), NOW, 5, model=model, mode=Mode.PERSONALISED, policy=Policy(), explain=True
+    )
+    items = {o.offer_id: o for o in out.items}
+    if shown:
+        assert "winback" in items and not out.excluded
+        reasons = {r["code"]: r["text"] for r in items["winback"].reasons}
+        plan = state.paid_plan or "paid"
+        assert reasons["paid_lapsed"] == f"Your {plan} membership has ended: renew it here."
+    else:
+        assert "winback" not in items
+        assert out.excluded == [
+            {
+                "offer_id": "winback",
+                "reason": "paid_renewal_window",
+                "text": EXCLUSION_SENTENCES["paid_renewal_window"],
+            }
+        ]
+
+
 def test_eligible_when_the_condition_holds(model: LoadedModel) -> None:
     """The positive side of a few rules: the same offers are shown when the member qualifies."""
     month = datetime.fromtimestamp(NOW, UTC).month
