@@ -227,7 +227,9 @@ def import_model(
 
     settings = _settings()
     try:
-        version = import_booster(Path(settings.registry_dir), booster, spec, catalog, promote=promote)
+        version = import_booster(
+            Path(settings.registry_dir), booster, spec, catalog, promote=promote, lifecycle=settings.lifecycle
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -389,6 +391,15 @@ def reliability(
         typer.echo(f"{'pass' if o.passed else 'base' if o.baseline else 'FAIL'}  {o.name}")
     typer.echo(f"wrote {out}")
     raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
+
+
+def _fairness() -> None:
+    from benefits.fairness_cli import command
+
+    app.command("fairness")(command)
+
+
+_fairness()
 
 
 def _catalog_app() -> typer.Typer:

@@ -8,6 +8,7 @@ Keys (``P`` is the configured prefix, default ``bn``; ``{...}`` is a Redis Clust
     P:m:{MEMBER_ID}:state      member blob: msgpack of StoredMember (state + applied Kafka offsets +
                                layout version); SET with EX member_ttl_seconds on every write (worker),
                                GET on every request (API). Deleted by erasure and by tombstones.
+                               SCANned (P:m:*:state) only by offline tools (benefits fairness).
     P:m:{MEMBER_ID}:*          the member's namespace: any later per-member key goes here (same slot),
                                so erasure (SCAN + DEL of this pattern) removes it too.
     P:os:{pPARTITION}          per-partition offer counters: msgpack of StoredOfferStats (counters +
@@ -176,6 +177,14 @@ class RedisLayout:
         """Glob of every key of one member (for erasure scans)."""
         return f"{self.prefix}:m:{{{member_id}}}:*"
 
+    def members_pattern(self) -> str:
+        """Glob of every member blob (an offline tool's sample of members, never the request path)."""
+        return f"{self.prefix}:m:*:state"
+
+    def member_id_of(self, key: str) -> str:
+        """The member id of a :meth:`member_key`."""
+        return key[len(self.prefix) + 4 : -len("}:state")]
+
     def offer_stats_key(self, partition: int) -> str:
         return f"{self.prefix}:os:{{p{partition}}}"
 
@@ -275,6 +284,16 @@ class MemberStore:
         keys.append(self.layout.member_key(member_id))
         deleted: int = await self.r.delete(*set(keys))
         return deleted
+
+    async def member_ids(self, limit: int) -> list[str]:
+        """Up to ``limit`` ids of members with a stored state, by SCAN (``benefits fairness`` samples
+        members this way; SCAN does not block Redis, but it walks the keyspace: offline tools only)."""
+        out: list[str] = []
+        async for key in self.r.scan_iter(match=self.layout.members_pattern(), count=1000):
+            out.append(self.layout.member_id_of(_b(key).decode()))
+            if len(out) >= limit:
+                break
+        return out
 
     # -- per-partition offer statistics ------------------------------------------------------------
     async def get_offer_stats(self, partition: int) -> StoredOfferStats | None:

@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
+from features.lifecycle import paid_active
 from features.projection import Context
 from features.state import MemberState, new_state
 from infra.redis_failures import failure_cause
@@ -227,6 +228,9 @@ class Recommender:
         request_id = uuid.uuid4().hex
         now = time.time() if now is None else now
         state, cause = await self.read_state(q.member_id)
+        # The member's groups as ranking saw them, for the fairness audit (benefits fairness): two coarse
+        # programme attributes, no region, segment or declared attribute (those are joined offline).
+        group = None if state is None else {"tier": state.tier, "paid": paid_active(state, now)}
         t_read = time.perf_counter()
         model = self.models.current  # one reference for the whole request (hot-swap safe)
         snap = self.catalog.current
@@ -280,7 +284,7 @@ class Recommender:
         arm = choice.name if choice is not None else None
         body = response_body(request_id, version, mode, cause, snap, ranking, explain=q.explain, arm=arm)
         if account:
-            self._account(q, body, ranking, read_ms, total_ms)
+            self._account(q, body, ranking, read_ms, total_ms, group)
             if arm is not None and self.experiments is not None:
                 self.experiments.count(arm, "views")
         if self.shadow is not None and ranking is not None and snap is not None and cause is None:
@@ -311,6 +315,7 @@ class Recommender:
         ranking: Ranking | None,
         read_ms: float,
         total_ms: float,
+        group: dict[str, Any] | None = None,
     ) -> None:
         m = self.metrics
         stages = {"state_read": read_ms, **(ranking.timings_ms if ranking else {}), "total": total_ms}
@@ -343,6 +348,8 @@ class Recommender:
                         "mode": body["mode"],
                         "degraded_cause": body["degraded_cause"],
                         "page_type": q.context.page_type,
+                        # None when the member's state was not read (unknown member, degraded answer).
+                        "group": group,
                         "candidates": body["candidates"],
                         "eligible": body["eligible"],
                         "slate": [it["offer_id"] for it in items],

@@ -376,7 +376,9 @@ def train_command(
         promote=promote,
         progress=True,
         params=o.params or None,
-        spec=load_spec(o.spec) if o.spec is not None else None,
+        # The settings' programme configuration: the lifecycle columns are computed under it (and the
+        # spec's hash covers it), as the service computes them.
+        spec=load_spec(o.spec).with_lifecycle(settings.lifecycle),
         catalog=o.catalog,
         members=o.members,
         history=o.history,
