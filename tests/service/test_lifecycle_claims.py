@@ -1,7 +1,7 @@
 """Lifecycle eligibility in the claim path, over real HTTP (issue 19): every lifecycle rule refuses a claim
-with its reason code and sentence when the member does not qualify and accepts it when they do, with
-the verdict ranking gives the same member; and a non-default programme configuration (settings) moves
-ranking and claims together, while the model served is the one built for that configuration."""
+with its reason code and sentence (en and zh-CN) when the member does not qualify and accepts it when
+they do, with the verdict ranking gives the same member; and a non-default programme configuration
+(settings) moves ranking and claims together, while the model served is the one built for it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from features.projection import DEFAULT_SPEC
 from harness.testmodel import train_onnx
 from infra.registry import Registry
 from infra.settings import Settings
+from service.i18n import exclusion_text
 from service.ranking import EXCLUSION_SENTENCES
 from tests.service.conftest import SUPPORT, live_server, set_meta, write_version
 from tests.service.test_claims import claim, offer, setup
@@ -161,6 +162,9 @@ def test_each_lifecycle_rule_in_the_claim_path(fb_settings: Settings) -> None:
                     got = r.json()
                     assert (got["error"], got["reason"]) == ("claim_refused", rule), (mid, got)
                     assert got["message"] == EXCLUSION_SENTENCES[rule] and got["message"] != rule
+                    zh = await claim(c, mid, offer_id, key=f"zh-{mid}", locale="zh-CN")
+                    assert (zh.status_code, zh.json()["reason"]) == (409, rule)
+                    assert zh.json()["message"] == exclusion_text(rule, "zh-CN") != got["message"]
 
     with live_server(fb_settings) as base:
         asyncio.run(go(base))
