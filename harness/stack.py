@@ -50,6 +50,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[key] = value.get_secret_value()
         elif isinstance(value, bool):
             env[key] = "true" if value else "false"
+        elif isinstance(value, dict):
+            env[key] = json.dumps(value)  # a nested model (lifecycle): pydantic-settings parses JSON
         else:
             env[key] = str(value)
     return env
