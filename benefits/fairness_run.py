@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.offers import Offer
 from features.projection import Context
 from features.spec import FeatureSpec, load_spec
 from features.state import MemberState
@@ -164,66 +163,34 @@ def _run(settings: Settings, o: Options, config: AuditConfig, workdir: Path) -> 
     from training import fairness
     from training.fairness import counterfactual, logged, report
     from training.fairness.slates import catalogue_facts
-    from training.fairness.sources import from_data_dir, read_members_table
+    from training.fairness.sources import read_members_table
 
-    data = o.data
-    if o.simulate:
-        from training.simulate import simulate_to_dir
-
-        data = workdir / "sim"
-        simulate_to_dir(data, n_members=o.sim_members, days=o.sim_days, seed=o.seed, progress=False)
+    if o.log is not None and not o.log.exists():
+        raise Bad(f"--log {o.log} does not exist")
     members = None
     if o.members is not None:
         try:
             members = read_members_table(o.members)
         except ValueError as exc:
             raise Bad(str(exc)) from None
+    data = o.data
+    if o.simulate:
+        from training.simulate import simulate_to_dir
 
-    snap: CatalogSnapshot
-    offers: list[Offer]
-    if data is not None:
-        if not (data / "catalog.json").exists():
-            raise Bad(f"--data {data}: no catalog.json (expected a `benefits simulate` directory)")
-        try:
-            taxonomy, offers = load_catalog_file(data / "catalog.json")
-        except CatalogError as exc:
-            raise Bad(str(exc)) from None
-        spec = spec_for(settings, taxonomy)
-    else:
-        taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
-        spec = spec_for(settings, taxonomy)
-    if data is not None and o.simulate and o.model is None and not _has_promoted(settings):
-        settings = _train_on(settings, data, workdir)
-    model = resolve_model(settings, o.model, spec, workdir)
-    policy = dataclasses.replace(policy_from(settings), fairness_guard=(
-        settings.fairness_guard_enabled if o.guard is None else o.guard))  # fmt: skip
-
-    sample: Sample | None = None
-    if data is not None:
-        try:
-            categories = sorted({x.category for x in offers if x.category})
-            sample = from_data_dir(data, o.sample, o.pages, categories, o.seed)
-        except ValueError as exc:
-            raise Bad(str(exc)) from None
-        snap = build_snapshot(1, offers, sample.now, spec=spec)
-    elif settings.redis_url is not None:
-        snap = asyncio.run(_redis_catalog(settings, spec, taxonomy))
-        offers = list(snap.offers)
-        categories = sorted({x.category for x in offers if x.category})
-        sample = asyncio.run(_redis_sample(settings, o.sample, o.pages, categories, members, o.seed))
-    elif o.log is not None:
-        from service.catalog import load_seed
-
-        offers = load_seed(o.catalog or settings.catalog_seed_path, time.time(), taxonomy)
-        snap = build_snapshot(1, offers, time.time(), spec=spec)
-    else:
-        raise Bad("nothing to audit: give --data DIR, --simulate, --redis-url URL or --log FILE")
-    if o.catalog is not None and data is None and settings.redis_url is not None:
-        log.warning("--catalog %s ignored: the live catalogue in Redis is used", o.catalog)
+        data = workdir / "sim"
+        simulate_to_dir(data, n_members=o.sim_members, days=o.sim_days, seed=o.seed, progress=False)
+        if o.model is None and not _has_promoted(settings):
+            settings = _train_on(settings, data, workdir)
+    snap, sample, spec = _source(settings, o, data, members)
+    offers = list(snap.offers)
     facts = catalogue_facts(offers)
+    guard = settings.fairness_guard_enabled if o.guard is None else o.guard
 
-    cf = None
+    cf, version = None, None
     if sample is not None:
+        model = resolve_model(settings, o.model, spec, workdir)
+        version = model.version
+        policy = dataclasses.replace(policy_from(settings), fairness_guard=guard)
         ranker = service_ranker(snap, model, policy, sample.now, o.k)
         try:
             cf = counterfactual.run(sample, o.attributes, offers, ranker, facts, config)
@@ -232,23 +199,63 @@ def _run(settings: Settings, o: Options, config: AuditConfig, workdir: Path) -> 
     logged_part = None
     logged_attrs = [a for a in (*o.attributes, "segment") if not a.startswith("declared:")]
     if o.log is not None:
-        if not o.log.exists():
-            raise Bad(f"--log {o.log} does not exist")
         joined = None
         if members is not None:
             joined = logged.join_table(members, settings.member_hash_salt.get_secret_value().encode())
         elif sample is not None and sample.source.get("kind") == "redis":
             joined = _join_states(settings, sample)
-        rows = logged.from_request_log(o.log, facts, joined, snap.version)
+        live = sample is not None and sample.source.get("kind") == "redis"
+        rows = logged.from_request_log(o.log, facts, joined, snap.version if live else None)
         logged_part = logged.run(rows, logged_attrs, config)
     elif data is not None and (data / "impressions.parquet").exists():
         logged_part = logged.run(logged.from_impressions(data, facts), logged_attrs, config)
 
-    guard = policy.fairness_guard
-    out = fairness.assemble({"version": model.version}, guard, o.k, config, cf, logged_part)
+    out = fairness.assemble({"version": version}, guard, o.k, config, cf, logged_part)
     report.write_json(out, o.out / "fairness.json")
     report.write_html(out, o.out / "fairness.html")
     return out
+
+
+def _source(
+    settings: Settings, o: Options, data: Path | None, members: Any
+) -> tuple[CatalogSnapshot, Sample | None, FeatureSpec]:
+    """The catalogue snapshot, the members to audit counterfactually (None: logged slates only) and the
+    feature specification, from a simulation directory, a live stack's Redis, or (--log alone) the seed."""
+    from training.fairness.sources import from_data_dir
+
+    if data is not None:
+        if not (data / "catalog.json").exists():
+            raise Bad(f"--data {data}: no catalog.json (expected a `benefits simulate` directory)")
+        try:
+            taxonomy, offers = load_catalog_file(data / "catalog.json")
+        except CatalogError as exc:
+            raise Bad(str(exc)) from None
+        spec = spec_for(settings, taxonomy)
+        categories = sorted({x.category for x in offers if x.category})
+        try:
+            sample = from_data_dir(data, o.sample, o.pages, categories, o.seed)
+        except ValueError as exc:
+            raise Bad(str(exc)) from None
+        return build_snapshot(1, offers, sample.now, spec=spec), sample, spec
+    taxonomy = load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
+    spec = spec_for(settings, taxonomy)
+    if settings.redis_url is not None:
+        if o.catalog is not None:
+            log.warning("--catalog %s ignored: the live catalogue in Redis is used", o.catalog)
+        snap = asyncio.run(_redis_catalog(settings, spec, taxonomy))
+        categories = sorted({x.category for x in snap.offers if x.category})
+        sample = asyncio.run(_redis_sample(settings, o.sample, o.pages, categories, members, o.seed))
+        return snap, sample, spec
+    if o.log is not None:
+        from service.catalog import load_seed
+
+        now = time.time()
+        try:
+            offers = load_seed(o.catalog or settings.catalog_seed_path, now, taxonomy)
+        except (CatalogError, OSError, ValueError) as exc:
+            raise Bad(f"catalogue: {exc}") from None
+        return build_snapshot(1, offers, now, spec=spec), None, spec
+    raise Bad("nothing to audit: give --data DIR, --simulate, --redis-url URL or --log FILE")
 
 
 def _join_states(settings: Settings, sample: Sample) -> dict[str, dict[str, str]]:

@@ -91,3 +91,12 @@ def test_the_audit_runs_on_a_live_stack_and_flags_the_biased_model(
     # Region is not on the line: joined from the sampled states by the salted hash.
     assert set(groups["region"]["levels"]) == set(REGIONS)
     assert groups["tier"]["pass"] is False  # what gold and diamond members were actually shown
+
+    # The log alone (no member source): the logged audit only, offer values from the seed catalogue.
+    res = CliRunner().invoke(
+        app, ["fairness", "--log", str(log_path), "--out", str(tmp_path / "log-only")], env=env
+    )
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    report = json.loads((tmp_path / "log-only" / "fairness.json").read_text())
+    assert report["counterfactual"] is None and report["model"]["version"] is None
+    assert {s["attribute"] for s in report["logged"]["attributes"]} == {"tier", "paid"}  # no join: no region

@@ -208,7 +208,7 @@ no threshold is reported, not judged.</li></ul>"""
 
 def write_html(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = report["model"]
+    model_name = str(report["model"].get("version") or "none (logged slates only)")
     lines = [
         f"<tr><td>{html.escape(s['audit'])}</td><td>{html.escape(s['attribute'])}</td>"
         f"<td>{_verdict(s['pass'])}</td><td>{html.escape(', '.join(s['failed']) or '-')}</td>"
@@ -226,7 +226,7 @@ def write_html(report: dict[str, Any], path: Path) -> None:
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>Fairness report</title>
 <style>{_STYLE}</style></head><body>
 <h1>Fairness report — {_verdict(report["pass"])}</h1>
-<p>model <code>{html.escape(str(model.get("version")))}</code> · guard {"on" if report["guard"] else "off"} ·
+<p>model <code>{html.escape(model_name)}</code> · guard {"on" if report["guard"] else "off"} ·
 top {report["k"]} per slate · generated {html.escape(report["generated_at"])}</p>
 <table><tr><th>audit</th><th>attribute</th><th>verdict</th><th>failed checks</th>
 <th>offered value: worst pair</th><th>signed gap</th><th>ratio</th></tr>{"".join(lines)}</table>
