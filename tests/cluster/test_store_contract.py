@@ -101,6 +101,24 @@ def test_get_members_pipelined_across_slots(backend: Backend, unique: str) -> No
     assert all(per_node.values()), f"some node holds no member: { {u: len(k) for u, k in per_node.items()} }"
 
 
+def test_member_ids_scan_every_node(backend: Backend, unique: str) -> None:
+    """The fairness audit samples members by SCAN: it must see the members on every master, and only
+    member blobs of its own prefix."""
+    layout = _layout(unique)
+    other = _layout(f"{unique}x")  # a prefix that starts like this one
+    written = [f"m-{i}" for i in range(120)]
+
+    async def body(store: MemberStore) -> tuple[list[str], list[str]]:
+        await store.put_members(member(mid) for mid in written)
+        await MemberStore(store.r, other).put_members([member("someone-else")])
+        await store.r.set(f"{layout.prefix}:m:{{m-1}}:extra", b"1", ex=60)  # not a state blob
+        return await store.member_ids(limit=1000), await store.member_ids(limit=30)
+
+    everyone, some = run(backend, layout, body)
+    assert sorted(everyone) == sorted(written)
+    assert len(some) == 30 and set(some) <= set(written)
+
+
 def test_offer_stats_put_and_list_all(backend: Backend, unique: str) -> None:
     layout = _layout(unique)
     partitions = list(range(12))
