@@ -26,7 +26,10 @@ Hazards worth knowing:
   recreated or truncated topic) says the current one per partition; a watermark of another incarnation
   reads as "nothing folded yet". True redeliveries are still caught by the fold's event-id window.
 - Redis errors are retried with backoff inside the batch (:meth:`BatchProcessor.retry`), never raised:
-  Faust would ack a batch whose processing raised.
+  Faust would ack a batch whose processing raised. A Redis that failed may come back as another, empty
+  store: with ``store_check`` set (the batch engine's store epoch, ``stream/epoch.py``) a round trip is
+  retried only once the store reads as the same one again, and the check raises when it does not, so
+  no batch is folded from or written into an emptied store.
 """
 
 from __future__ import annotations
@@ -131,6 +134,10 @@ class BatchProcessor:
         #: Offer id -> cost per claim, charged to the per-offer ``cost_used`` (refreshed from the catalog
         #: by :class:`CostRefresher`).
         self.cost_of = cost_of
+        #: After a failed round trip, before retrying it: True when the store reads as the same one again,
+        #: False while it cannot be read (wait and ask again); it raises to abandon the batch when the
+        #: store came back as another one. None: retry at once (the Faust engine).
+        self.store_check: Callable[[], Awaitable[bool]] | None = None
 
     async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
         """Fold ``records`` (one fetched batch, in offset order per partition) into Redis."""
@@ -359,8 +366,11 @@ class BatchProcessor:
             except REDIS_ERRORS as exc:
                 self.metrics.redis_errors.inc()
                 log.warning("redis round trip failed (%r); retrying in %.2fs", exc, backoff)
+            while True:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, REDIS_RETRY_MAX_BACKOFF_S)
+                if self.store_check is None or await self.store_check():
+                    break
 
 
 class CostRefresher:

@@ -17,10 +17,12 @@ Why hold rather than keep folding:
   replay's older blob while the worker has already committed past it: lost for good. Held, the worker's
   position stays at or before the replay's end, so nothing is skipped or counted twice.
 
-What holding costs: freshness (the consumer lag grows during the outage; the topic keeps the events and
-the worker catches up after the replay). A batch or so may still be written between the loss and the
-next check; the replay overwrites those members too. Batch engine only; the Faust engine does not check
-the epoch yet.
+A Redis that restarts drops the worker's connections: the batch in flight fails, and it is retried only
+after the marker reads as before (:meth:`EpochHold.confirm`), so nothing is folded from or written into
+the restarted, empty store. A store emptied without a restart (FLUSHALL) is caught by the periodic check;
+a batch or so may be written before it, and the replay overwrites those members. What holding costs:
+freshness (the consumer lag grows during the outage; the topic keeps the events and the worker catches
+up after the replay). Batch engine only; the Faust engine does not check the epoch yet.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from stream.metrics import StreamMetrics
 from stream.timings import EPOCH_CHECK_INTERVAL_S
 
 log = logging.getLogger(__name__)
+
+
+class StoreLost(Exception):
+    """The store came back as another one in the middle of a batch: abandon the batch unwritten (the
+    engine puts its records back and holds)."""
 
 
 class EpochHold:
@@ -84,6 +91,28 @@ class EpochHold:
         except (RedisError, OSError) as exc:
             log.debug("store epoch check failed (%s)", exc)
         return self.holding
+
+    async def confirm(self) -> bool:
+        """After a failed Redis round trip, before it is retried (``BatchProcessor.store_check``): True
+        when the store reads as the same one again, False while Redis cannot be read; raises
+        :class:`StoreLost` when Redis came back as another store (restarted without its data), so the
+        batch is neither folded from nor written into it. A restart is how a store usually loses its
+        data, so this catches it before the first write rather than at the next periodic check."""
+        try:
+            if self.known is None:
+                await self.start()
+            else:
+                token, pending = await self.epoch.read()
+                if token != self.known:
+                    what, self.known = await self.epoch.report_lost("worker", self.known, token)
+                    self._hold(what)
+                elif pending is not None:
+                    self._hold(f"the store is awaiting `benefits replay` ({pending})")
+        except (RedisError, OSError):
+            return False
+        if self.holding:
+            raise StoreLost("the store lost its data")
+        return self.known is not None
 
     def _hold(self, why: str) -> None:
         if self.holding:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from infra.topic_incarnation import PartitionMark, TopicIncarnations, new_incarnation, record_fingerprint
+from stream.epoch import StoreLost
 from stream.metrics import StreamMetrics
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,11 @@ class IncarnationGuard:
         async def read() -> None:
             marks.update(await self.store.read(partitions))
 
-        await self.retry(read)
+        try:
+            await self.retry(read)
+        except StoreLost:
+            pass  # an emptied store has no marks; the engine holds folding until the replay
+
         seeks: dict[int, int] = {}
         for p in partitions:
             mark = marks.get(p)

@@ -27,7 +27,7 @@ from infra.redis_layout import MemberStore
 from infra.settings import Settings
 from infra.topic_incarnation import TopicIncarnations
 from stream.batch import BatchProcessor, CostRefresher
-from stream.epoch import EpochHold
+from stream.epoch import EpochHold, StoreLost
 from stream.incarnation import Fetched, IncarnationGuard
 from stream.metrics import StreamMetrics
 from stream.records import RawRecord
@@ -113,6 +113,7 @@ class BatchConsumerWorker:
         processor.incarnations = guard.current
         hold = EpochHold(StoreEpoch(redis_client, s.layout), self.metrics)
         await hold.start()
+        processor.store_check = hold.confirm
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.consumer_group,
@@ -154,14 +155,18 @@ class BatchConsumerWorker:
                 )
                 assigned = {tp.partition: tp for tp in consumer.assignment()}
                 drop: set[int] = set()
-                restarted = await guard.check_highwaters(
-                    {p: consumer.highwater(tp) for p, tp in assigned.items()}
-                )
-                if fetched:
-                    drop, changed = await guard.check(
-                        {tp.partition: _fetched(msgs[0]) for tp, msgs in fetched.items()}
+                try:
+                    restarted = await guard.check_highwaters(
+                        {p: consumer.highwater(tp) for p, tp in assigned.items()}
                     )
-                    restarted += changed
+                    if fetched:
+                        drop, changed = await guard.check(
+                            {tp.partition: _fetched(msgs[0]) for tp, msgs in fetched.items()}
+                        )
+                        restarted += changed
+                except StoreLost:
+                    _put_back(consumer, fetched)
+                    continue
                 if restarted:
                     # A new incarnation is read from its beginning; what was fetched is fetched again,
                     # and an old incarnation's offset must never be committed on the new one.
@@ -182,16 +187,22 @@ class BatchConsumerWorker:
                         for m in (msgs[1:] if tp.partition in drop else msgs)
                     ]
                     t0 = time.perf_counter()
-                    out = await processor.process(records)
-                    if out.dead_letters:
-                        futs = [
-                            await producer.send(s.dead_letter_topic, value=v, key=k)
-                            for k, v in out.dead_letters
-                        ]
-                        # Wait for the broker's ack: a dead letter must exist before its source commits.
-                        await asyncio.gather(*futs)
-                        log.info("dead-lettered %d events", len(out.dead_letters))
-                    await guard.written([_fetched(msgs[-1]) for msgs in fetched.values()])
+                    try:
+                        out = await processor.process(records)
+                        if out.dead_letters:
+                            futs = [
+                                await producer.send(s.dead_letter_topic, value=v, key=k)
+                                for k, v in out.dead_letters
+                            ]
+                            # Wait for the broker's ack: a dead letter must exist before its source commits.
+                            await asyncio.gather(*futs)
+                            log.info("dead-lettered %d events", len(out.dead_letters))
+                        await guard.written([_fetched(msgs[-1]) for msgs in fetched.values()])
+                    except StoreLost:
+                        # Redis came back empty mid-batch: nothing of it is committed; fetch it again
+                        # after the replay (its watermarks skip whatever the replay already folded).
+                        _put_back(consumer, fetched)
+                        continue
                     for tp, msgs in fetched.items():
                         self._to_commit[tp] = msgs[-1].offset + 1
                     self.metrics.batch_seconds.observe(time.perf_counter() - t0)
@@ -216,9 +227,7 @@ class BatchConsumerWorker:
         """One turn of the loop while folding is held: partitions paused (also ones assigned since),
         still polling so the group keeps this member, anything fetched anyway put back unread."""
         consumer.pause(*consumer.assignment())
-        fetched = await consumer.getmany(timeout_ms=0)
-        for tp, msgs in fetched.items():
-            consumer.seek(tp, msgs[0].offset)
+        _put_back(consumer, await consumer.getmany(timeout_ms=0))
         if self._to_commit:
             async with self._lock:
                 await self._commit()  # batches written before the loss was seen; the replay covers them
@@ -245,3 +254,10 @@ class BatchConsumerWorker:
 
 def _fetched(m: Any) -> Fetched:
     return Fetched(m.partition, m.offset, m.timestamp, m.key, m.value)
+
+
+def _put_back(consumer: Any, fetched: dict[Any, list[Any]]) -> None:
+    """Move each partition back to the first record of ``fetched``: fetched again, never skipped."""
+    for tp, msgs in fetched.items():
+        if msgs:
+            consumer.seek(tp, msgs[0].offset)

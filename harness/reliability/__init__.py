@@ -7,7 +7,8 @@ test), breaks something and measures what the clients saw. The runner writes ``d
 ``tests/reliability`` runs the same scenario functions with short durations.
 
 Modules: :mod:`.stack` (private stack, :class:`Outcome`), :mod:`.load` (load generator, summaries),
-``scenarios_faults``, ``scenarios_input``, ``scenarios_overload``, ``scenarios_security``, :mod:`.report`
+``scenarios_faults``, ``scenarios_hostile``, ``scenarios_input``, ``scenarios_overload``,
+``scenarios_security``, :mod:`.report`
 (the document). The test models come from :mod:`harness.testmodel`, member states from
 :mod:`harness.members`.
 
@@ -24,7 +25,17 @@ Scenarios (each returns a :class:`Outcome` with measured numbers and pass/fail c
   through the registry pointer: refused with the reason, the previous model keeps serving.
 - :func:`overload`: closed-loop capacity, then 3x that rate open-loop: p99 of accepted requests, share
   shed with fast 503s.
-- :func:`schemathesis_run`: the OpenAPI spec fuzzed with each key scope: no 5xx, responses conform.
+- :func:`slow_clients`: connections that send a recommend's headers and part of its body (with and
+  without a key) or never finish their headers: 401 from the headers, 408 at the body deadline, real
+  page views and feedback meanwhile personalised and accepted (no slot held).
+- :func:`topic_recreated`: the broker loses its topic and it is created again (offsets restart at 0)
+  with the worker up and with it down: every feedback event the API accepted folded exactly once, the
+  offsets-backwards alarm raised.
+- :func:`emptied_store`: Redis restarted without its data under load: the API says ``state_lost`` (no
+  quiet cold starts), the worker holds folding, ``benefits replay`` rebuilds and both recover by
+  themselves; every event folded once.
+- :func:`schemathesis_run`: the OpenAPI spec fuzzed with each key scope, every check and the stateful
+  phase (OpenAPI links): no 5xx, responses and status codes conform, refusals match the schema.
 - :func:`security_checks`: route x key matrix over every route of the running spec, secrets and raw
   member ids absent from the API's log, body limits, erasure leaves no key of the member.
 
@@ -41,6 +52,7 @@ from pathlib import Path
 
 from harness.reliability.report import render
 from harness.reliability.scenarios_faults import broker_kill, redis_kill, worker_kill
+from harness.reliability.scenarios_hostile import emptied_store, slow_clients, topic_recreated
 from harness.reliability.scenarios_input import (
     BAD_OFFERS,
     BAD_SETTINGS,
@@ -68,12 +80,15 @@ __all__ = [
     "broker_kill",
     "build_registry",
     "dead_letters_suite",
+    "emptied_store",
     "overload",
     "private_stack",
     "redis_kill",
     "run",
     "schemathesis_run",
     "security_checks",
+    "slow_clients",
+    "topic_recreated",
     "worker_kill",
 ]
 
@@ -84,11 +99,14 @@ SCENARIOS: dict[str, Callable[[], Outcome]] = {
     "redis": redis_kill,
     "broker": broker_kill,
     "worker": worker_kill,
+    "redis-empty": emptied_store,
+    "topic-recreated": topic_recreated,
     "models": bad_models,
     "overload-256": lambda: _named(
         overload(max_in_flight=256), "Overload (3x capacity), before: max_in_flight=256"
     ),
     "overload": overload,
+    "slow-clients": slow_clients,
     "schemathesis": schemathesis_run,
     "bad-input": bad_input,
     "dead-letters": dead_letters_suite,

@@ -74,6 +74,36 @@ def _key_numbers(o: Outcome) -> str:
                 f"no answer {sum((v('no_answer') or {}).values())}, degraded accepted "
                 f"{v('degraded_accepted')}; generator late p99 {v('generator_late_p99_ms')} ms"
             )
+        case "Slow clients":
+            rd = g("recommend_during_hold") or {}
+            return (
+                f"{v('slow_body_connections')} slow bodies: keyless {v('keyless_status')} in "
+                f"{v('keyless_answered_in_ms')} ms, keyed {v('keyed_status')} after "
+                f"{v('keyed_answered_after_s')} s; {v('slow_header_connections')} slow headers (still open "
+                f"at the end: {v('slow_headers_still_open_at_end')}); during the hold recommend "
+                f"{rd.get('requests')} requests {rd.get('info')}, p99 {rd.get('p99_ms')} ms, feedback "
+                f"{g('feedback_during_hold', 'status')}; /readyz max in_flight "
+                f"{g('readyz_during_hold', 'max_in_flight_seen')}"
+            )
+        case "Topic recreated":
+            return (
+                f"accepted per phase {v('accepted_per_phase')} (total {v('accepted_total')}), folded "
+                f"{v('folded_after_each_phase')}; offer-stat impressions {v('offer_stats_impressions')}; "
+                f"alarms worker up {v('alarms_worker_up')}, after restart {v('alarms_worker_restarted')}; "
+                f"API accepting again after {v('api_accepting_again_after_s')} s"
+            )
+        case "Redis back empty":
+            return (
+                f"detected by the API after {v('api_detected_after_s')} s, the worker after "
+                f"{v('worker_detected_after_s')} s; outage answers {v('outage_answers')} (quiet cold starts "
+                f"{v('quiet_cold_starts_after_detection')}); folded while held "
+                f"{v('folded_when_held')} -> {v('folded_at_end_of_hold')}; replay {v('replay_s')} s "
+                f"({g('replay', 'events_folded')} events), API cleared after "
+                f"{v('api_cleared_after_replay_s')} s, "
+                f"worker resumed after {v('worker_resumed_after_replay_s')} s; after: "
+                f"{g('recommend_after_replay', 'info')}; folded {v('folded_at_end')} of "
+                f"{v('expected_folded')}; recommend 5xx {g('recommend_outage', '5xx')}"
+            )
         case "Schemathesis (OpenAPI fuzzing)":
             return "; ".join(f"{k}: {v.get('test_cases')} ({v.get('seconds')} s)" for k, v in n.items())
         case "Invalid settings and catalog rules":
@@ -169,10 +199,14 @@ def render(outcomes: Sequence[Outcome], started: float, seconds: float, load_bef
         "(standing in for a persistent or replicated Redis); the API re-seeds the catalog from its own copy. "
         "Inventory reservations and offer statistics held in that Redis are lost with it. The broker "
         "scenario proves nothing accepted was lost by reading every accepted event back before the kill.",
-        "- After a memory-only broker restart the topic starts again at offset 0 while member blobs in Redis "
-        "keep their per-partition watermarks: events of members the worker had already seen would be "
-        "skipped as redeliveries (see `features/stream.py`, hazards). The broker scenario uses fresh members "
-        "after the restart; with a durable Kafka this cannot happen.",
+        "- A recreated topic (offsets restart at 0) is handled by topic incarnations "
+        "(`stream/incarnation.py`); the broker scenario still uses fresh members after its restart, the "
+        "topic-recreated scenario the same members.",
+        "- Redis back empty: a restart is caught before the worker's next write (the failed round trip is "
+        "retried only once the epoch marker reads as before). A store emptied *without* a restart "
+        "(FLUSHALL) is caught by the once-a-second check: a batch may be folded into it first, and those "
+        "members answer from a partial state until the replay overwrites it. Slow *headers* are bounded by "
+        "the buffering proxy, not by the API (uvicorn has no header-read timeout).",
         "- Overload is measured against one API process on a 2-core box shared with the load generator; "
         "capacity is closed-loop with as many connections as `max_in_flight` allows.",
         "",

@@ -6,12 +6,12 @@ client gets its 401 from the headers alone, a keyed one a 408 once the body dead
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import httpx
 import pytest
 
+from harness.slowclient import open_slow_body, read_status
 from infra.settings import Settings
 from tests.service.conftest import SF, STOREFRONT_KEY, live_server
 from tests.service.test_api import put_state
@@ -21,35 +21,14 @@ pytestmark = [pytest.mark.integration]
 SLOW = 40  # more than max_in_flight (32): before the fix, 32 of these shed every real request
 
 
-def _open_slow(port: int, key: str | None) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    head = (
-        "POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-    )
-    if key is not None:
-        head += f"X-API-Key: {key}\r\n"
-    sock.sendall((head + "\r\n").encode() + b'{"mem')
-    return sock
-
-
-def _status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return int(data.split(b" ", 2)[1]) if data else 0
-
-
 def test_slow_bodies_hold_no_slot_and_time_out(settings: Settings) -> None:
     s = settings.model_copy(update={"body_read_timeout_ms": 2000, "max_in_flight": 32})
     asyncio.run(put_state(s, "shopper"))
     with live_server(s) as base:
         port = int(base.rsplit(":", 1)[1])
         t0 = time.monotonic()
-        keyless = [_open_slow(port, None) for _ in range(SLOW // 2)]
-        keyed = [_open_slow(port, STOREFRONT_KEY) for _ in range(SLOW // 2)]
+        keyless = [open_slow_body(port, None) for _ in range(SLOW // 2)]
+        keyed = [open_slow_body(port, STOREFRONT_KEY) for _ in range(SLOW // 2)]
         try:
             with httpx.Client(base_url=base, timeout=5) as c:
                 modes = []
@@ -70,8 +49,8 @@ def test_slow_bodies_hold_no_slot_and_time_out(settings: Settings) -> None:
             assert ready.status_code == 200 and ready.json()["ready"] is True
             assert ready.json()["in_flight"] <= 1
             assert fb.status_code == 404, fb.text  # an unknown offer, not a 503 "overloaded"
-            assert [_status(k) for k in keyless] == [401] * len(keyless)
-            assert [_status(k) for k in keyed] == [408] * len(keyed)
+            assert [read_status(k) for k in keyless] == [401] * len(keyless)
+            assert [read_status(k) for k in keyed] == [408] * len(keyed)
             assert time.monotonic() - t0 >= 1.9  # the 408s came at the deadline, not before
             metrics = httpx.get(f"{base}/metrics").text
             assert f'benefits_http_rejected_total{{cause="body_timeout"}} {float(len(keyed))}' in metrics
