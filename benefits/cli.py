@@ -370,8 +370,9 @@ def reliability(
     only: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated scenarios (default: all): " + "redis, broker, worker, models, "
-            "overload-256, overload, schemathesis, bad-input, dead-letters, security."
+            help="Comma-separated scenarios (default: all): " + "redis, broker, worker, redis-empty, "
+            "topic-recreated, models, overload-256, overload, slow-clients, schemathesis, bad-input, "
+            "dead-letters, security."
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Report to write.")] = Path("docs/reliability.md"),
