@@ -535,6 +535,30 @@ def test_nginx_balances_over_the_api_service() -> None:
     assert re.search(rf"server\s+api:{port}\b", conf)
     assert "proxy_pass http://api;" in conf
     assert "./nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in _compose()["services"]["lb"]["volumes"]
+    # The API cannot bound header read time itself (uvicorn has no such timeout): the balancer does.
+    assert "proxy_request_buffering on;" in conf
+    for directive in ("client_header_timeout", "client_body_timeout"):
+        m = re.search(rf"{directive} (\d+)s;", conf)
+        assert m is not None and int(m.group(1)) <= 10, directive
+
+
+def test_workers_refuse_events_older_than_member_state_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deployments bound event age (BENEFITS_WORKER_MAX_EVENT_AGE_SECONDS, unset by default for demos and
+    backfills) to the member TTL, as the README says."""
+    dotenv = _dotenv(DEPLOY / ".env.example")
+    compose_env = {
+        k: _interpolate(str(v), dotenv) for k, v in _compose()["services"]["worker"]["environment"].items()
+    }
+    objs = _all_k8s()
+    (c,) = objs[("Deployment", "benefits-worker")]["spec"]["template"]["spec"]["containers"]
+    k8s_env = {
+        **objs[("ConfigMap", "benefits-config")]["data"],
+        **objs[("Secret", "benefits-secrets")]["stringData"],
+        **{e["name"]: e["value"] for e in c.get("env", [])},
+    }
+    for env in (compose_env, k8s_env):
+        settings = _settings_from({k: v for k, v in env.items() if k.startswith("BENEFITS_")}, monkeypatch)
+        assert settings.worker_max_event_age_seconds == settings.member_ttl_seconds
 
 
 def test_every_role_mounts_the_one_catalogue_the_taxonomy_path_names() -> None:
