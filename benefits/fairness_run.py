@@ -259,11 +259,11 @@ def _source(
 
 
 def _join_states(settings: Settings, sample: Sample) -> dict[str, dict[str, str]]:
-    """Member hash -> region of the sampled members' states (a live stack's log lines carry no region)."""
+    """Member hash -> region of every member the live stack's scan read (log lines carry no region)."""
     from training.fairness.logged import member_hash
 
     salt = settings.member_hash_salt.get_secret_value().encode()
-    return {member_hash(salt, s.member_id): {"region": s.region} for s in sample.states if s.region}
+    return {member_hash(salt, m): {"region": region} for m, region in sample.regions.items()}
 
 
 def _has_promoted(settings: Settings) -> bool:

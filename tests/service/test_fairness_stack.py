@@ -88,8 +88,11 @@ def test_the_audit_runs_on_a_live_stack_and_flags_the_biased_model(
     assert log_part["source"]["lines"] == len(recs) and log_part["source"]["lines_without_group"] == 1
     groups = {s["attribute"]: s for s in log_part["attributes"]}
     assert groups["tier"]["rows"] == {t: MEMBERS // len(TIERS) * len(PAGES) for t in TIERS}
-    # Region is not on the line: joined from the sampled states by the salted hash.
-    assert set(groups["region"]["levels"]) == set(REGIONS)
+    # Region is not on the line: joined from the member states in Redis by the salted hash (the unknown
+    # member's line matches none).
+    per_region = MEMBERS // 2 * len(PAGES)
+    assert groups["region"]["rows"] == dict.fromkeys(REGIONS, per_region)
+    assert log_part["source"]["lines_unmatched_in_join"] == 1
     assert groups["tier"]["pass"] is False  # what gold and diamond members were actually shown
 
     # The log alone (no member source): the logged audit only, offer values from the seed catalogue.

@@ -62,6 +62,8 @@ class Sample:
     now: float
     segments: list[str] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    #: Region of every member the source read (a live stack's: all scanned), for joining log lines.
+    regions: dict[str, str] = field(default_factory=dict)
 
 
 def attribute_spec(name: str, sample: Sample, offers: Sequence[Offer]) -> AttributeSpec | None:

@@ -116,7 +116,7 @@ def from_request_log(
             "%d log lines carry no group (older lines, or answers without the member's state)", no_group
         )
     if joined is not None and unmatched:
-        log.warning("%d log lines match no member of the members table / store", unmatched)
+        log.warning("%d log lines name members the members table / store does not have", unmatched)
     if catalog_version is not None and versions - {catalog_version}:
         log.warning(
             "log lines from catalogue versions %s; offer values are those of version %s",

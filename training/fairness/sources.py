@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Pages that carry a category in the context.
 CATEGORY_PAGES = frozenset({"category", "product"})
 DEFAULT_PAGES: tuple[str, ...] = ("home", "category", "product", "member_center")
+#: Member states read per pipelined round trip when scanning a live stack.
+READ_BATCH = 1000
 
 
 def check_pages(pages: Sequence[str]) -> list[str]:
@@ -152,18 +154,25 @@ async def from_redis(
     now: float,
     members: pd.DataFrame | None = None,
     seed: int = 0,
+    scan_limit: int = 100_000,
 ) -> Sample:
-    """``n`` members sampled from the member states a live stack keeps in Redis."""
+    """``n`` members sampled from the member states a live stack keeps in Redis (up to ``scan_limit``
+    scanned; every scanned member's region is kept for joining log lines)."""
     rng = np.random.default_rng(seed)
-    ids = await store.member_ids(limit=max(n * 20, 1000))
+    ids = await store.member_ids(limit=scan_limit)
     if not ids:
         raise ValueError(f"no member states under prefix {store.layout.prefix!r} in Redis")
-    picked = sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
-    stored = await store.get_members(picked)
-    chosen = [s.state for s in stored if s is not None]
-    got = [m for m, s in zip(picked, stored, strict=True) if s is not None]
-    if len(chosen) < len(picked):
-        log.warning("%d sampled members vanished or have another layout version", len(picked) - len(chosen))
+    states: dict[str, MemberState] = {}
+    for i in range(0, len(ids), READ_BATCH):
+        part = ids[i : i + READ_BATCH]
+        for mid, stored in zip(part, await store.get_members(part), strict=True):
+            if stored is not None:
+                states[mid] = stored.state
+    if len(states) < len(ids):
+        log.warning("%d scanned members vanished or have another layout version", len(ids) - len(states))
+    known = sorted(states)
+    got = sorted(rng.choice(known, size=min(n, len(known)), replace=False).tolist()) if known else []
+    chosen = [states[m] for m in got]
     devices = _column(members, "device", got, "other")
     channels = _column(members, "channel", got, "app")
     contexts = [
@@ -171,4 +180,5 @@ async def from_redis(
         for s, d, c in zip(chosen, devices, channels, strict=True)
     ]
     source = {"kind": "redis", "prefix": store.layout.prefix, "scanned": len(ids)}
-    return Sample(chosen, contexts, now, _segments(members, got), source)
+    regions = {m: s.region for m, s in states.items()}
+    return Sample(chosen, contexts, now, _segments(members, got), source, regions)
