@@ -6,7 +6,10 @@
 4. stream the simulated history of a sample of members through the broker into Redis;
 5. for a few members, print their top offers, send a burst of their own events (browsing a category they
    never looked at), and print the ranking again as soon as it changes, with the time it took;
-6. archive the topic, retrain on the archive, promote through the gate, watch the API swap
+6. three members whose lifecycle calls for a push (silent, paid membership ending, close to the next
+   tier) get the wake-up coupon, the renewal offer and the tier nudge with their reasons
+   (:mod:`benefits.demo_lifecycle`);
+7. archive the topic, retrain on the archive, promote through the gate, watch the API swap
    (:mod:`benefits.demo_retrain`).
 """
 
@@ -22,14 +25,13 @@ from typing import Any
 
 import httpx
 import msgspec
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
 from features import events as ev
 from harness import stack
 from harness.embedded import create_topics, topic_configs
-from infra.redis_layout import MemberStore
+from harness.stream_driver import wait_folded
 from infra.registry import Registry
 from infra.settings import Settings
 
@@ -114,8 +116,10 @@ def _run(settings: Settings, workdir: Path, n_members: int, days: float, procs: 
     )
     t = time.perf_counter()
     asyncio.run(_publish(settings, to_send))
-    counts = {m: len(by_member[m]) for m in sample}
-    asyncio.run(_wait_folded(settings, counts, timeout_s=90.0, worker=procs[0]))
+    folded = asyncio.run(wait_folded(settings.redis_url, settings.redis_prefix, sample, len(to_send), 90.0))
+    if folded < len(to_send):
+        why = "" if procs[0].alive() else f"; the worker exited:\n{procs[0].tail()}"
+        raise RuntimeError(f"only {folded}/{len(to_send)} events folded after 90s{why}")
     console.print(
         f"{len(to_send)} events of {len(sample)} members published and folded into Redis "
         f"in {time.perf_counter() - t:.1f}s"
@@ -147,7 +151,12 @@ def _run(settings: Settings, workdir: Path, n_members: int, days: float, procs: 
             moved = _ids(after) != _ids(before)
             changed += moved
             _print_change(member_id, category, before, after, elapsed if moved else None)
-    console.rule("6. stream -> archive -> retrain -> promote")
+    console.rule("6. lifecycle offers: wake-up, renewal, tier nudge")
+    from benefits.demo_lifecycle import run_lifecycle
+
+    if run_lifecycle(settings, base, procs[0], console) != 0:
+        return 1
+    console.rule("7. stream -> archive -> retrain -> promote")
     from benefits.demo_retrain import run_retrain
 
     if run_retrain(settings, workdir, sim_dir / "catalog.json", base, sample[0], console) != 0:
@@ -177,31 +186,6 @@ async def _publish(settings: Settings, events: list[ev.Event]) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def _wait_folded(
-    settings: Settings, counts: dict[str, int], timeout_s: float, worker: stack.Proc
-) -> None:
-    assert settings.redis_url is not None
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = MemberStore(client, settings.layout)
-    deadline = time.monotonic() + timeout_s
-    members = sorted(counts)
-    try:
-        while True:
-            stored = await store.get_members(members)
-            done = sum(
-                1 for m, s in zip(members, stored, strict=True) if s and s.state.events_folded >= counts[m]
-            )
-            if done == len(members):
-                return
-            if not worker.alive():
-                raise RuntimeError(f"worker exited:\n{worker.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done}/{len(members)} members folded after {timeout_s:.0f}s")
-            await asyncio.sleep(0.2)
-    finally:
-        await client.aclose()
 
 
 def _unvisited_category(history: list[ev.Event]) -> str | None:

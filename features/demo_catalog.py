@@ -2,6 +2,10 @@
 
 Used by the demo, the simulator, tests and benchmarks. Pure: the campaign window is given, never read
 from a clock.
+
+Every catalog size holds the benefits, the consults and the membership programme's lifecycle offers
+(:func:`lifecycle_offers`: wake-up coupons, renewal offers, a tier-progress nudge, a points-expiry offer,
+a welcome pack; the birthday gift is one of the benefits), each with its family; coupons fill the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +35,54 @@ _CONSULT_TITLES = {
 }
 _CONSULT_CATEGORY = {"health": "health", "nutrition": "health", "beauty": "beauty", "stylist": "fashion"}
 
+#: The lifecycle offers' families (:attr:`Offer.family`), in the order the reports list them.
+LIFECYCLE_FAMILIES: tuple[str, ...] = (
+    "wake_up",
+    "welcome",
+    "renewal",
+    "tier_nudge",
+    "points_expiry",
+    "birthday",
+)
+#: One claim per member for a lifecycle offer, and no second one for a year.
+_ONCE = Caps(max_claims_per_member=1, cooldown_after_claim_hours=24 * 365)
+
+
+def lifecycle_offers() -> list[Offer]:
+    """The programme's lifecycle pushes, each eligible only where its lifecycle rule holds (no campaign
+    window: they run all year). The reasons (``service.reasons``) say why: "Welcome back.", "Your PLUS
+    membership ends in 5 days.", "Spend 100 more to reach Gold.", "300 of your points expire this month."
+    """
+
+    def offer(offer_id: str, family: str, title: str, elig: Eligibility, **kw: object) -> Offer:
+        fields: dict[str, object] = {"kind": "coupon", "subtype": "no_threshold", "caps": _ONCE, **kw}
+        return Offer(
+            offer_id=offer_id,
+            family=family,
+            title=title,
+            eligibility=elig,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    return [
+        offer("wake-up-coupon", "wake_up", "We miss you: 20 off, no minimum",
+              Eligibility(lifecycle_stages=["silent"]), value=20.0, cost=12.0),
+        offer("wake-up-threshold", "wake_up", "Welcome back: 30 off over 99",
+              Eligibility(lifecycle_stages=["lapsing", "returning"], min_days_since_order=14),
+              subtype="threshold", value=30.0, threshold=99.0, cost=18.0),
+        offer("welcome-pack", "welcome", "Welcome pack: 15 off your first orders",
+              Eligibility(lifecycle_stages=["new"]), value=15.0, cost=9.0),
+        offer("renewal-offer", "renewal", "Renew your membership: 30 off the fee",
+              Eligibility(paid_expiring_within_days=7), value=30.0, cost=15.0),
+        offer("renewal-winback", "renewal", "Come back to your membership: 40 off the fee",
+              Eligibility(paid_lapsed_within_days=30), value=40.0, cost=20.0),
+        offer("tier-progress-nudge", "tier_nudge", "15 off over 99 towards your next tier",
+              Eligibility(min_tier_gap=1, max_tier_gap=300), subtype="threshold", value=15.0,
+              threshold=99.0, cost=9.0),
+        offer("points-expiry", "points_expiry", "Turn expiring points into 10 off",
+              Eligibility(points_expiring_within_days=30, min_points_expiring=100), value=10.0, cost=6.0),
+    ]  # fmt: skip
+
 
 def demo_catalog(start_ts: float, n_offers: int = 200, seed: int = 7, days: float = 60.0) -> list[Offer]:
     """``n_offers`` valid offers whose campaigns run ``days`` days from ``start_ts``."""
@@ -58,6 +110,7 @@ def demo_catalog(start_ts: float, n_offers: int = 200, seed: int = 7, days: floa
                 cost=rng.choice([2.0, 3.0, 5.0]),
                 eligibility=elig,
                 caps=Caps(max_claims_per_member=1, cooldown_after_claim_hours=24 * 30),
+                family="birthday" if subtype == "birthday_gift" else None,
             )
         )
     for subtype, title in _CONSULT_TITLES.items():
@@ -76,6 +129,7 @@ def demo_catalog(start_ts: float, n_offers: int = 200, seed: int = 7, days: floa
             )
         )
 
+    offers.extend(lifecycle_offers())
     i = 0
     while len(offers) < n_offers:
         subtype = SUBTYPES["coupon"][i % len(SUBTYPES["coupon"])]

@@ -13,6 +13,14 @@ Baselines:
 - ``promoted``: the model currently promoted in the registry, scored through onnxruntime on the same
   rows (only when its feature schema matches the code's).
 - ``oracle``: the simulator's true claim probability (simulated data only): the ceiling.
+
+Per offer family (:func:`by_family`; an offer's family when the catalogue names one, else its kind):
+a slate rarely holds two offers of one family, so ranking metrics inside a family would be over
+one-row groups. Instead each scorer gets the family's AUC (does it tell the members who claim from those
+who do not?) and its claim rate among the family's top 20% rows by score, with the model's margins over
+the baselines (paired DeLong 95% interval for the AUC margin). Popularity scores one offer alike for
+everyone, so within a one-offer family its AUC is 0.5: the model's margin there is what the member's
+features add.
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
+
+from features.offers import OFFER_KINDS, Offer
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +167,117 @@ def summary_line(result: dict[str, Any]) -> str:
     for name, m in result["overall"].items():
         parts.append(f"{name}: auc={m['auc']:.4f} ndcg@5={m['ndcg@5']:.4f} logloss={m['logloss']:.4f}")
     return "; ".join(parts)
+
+
+# --- per offer family ------------------------------------------------------------------------------------
+
+#: Share of a family's rows whose claim rate :func:`by_family` reports per scorer ("claim rate @ 20%").
+TOP_SHARE = 0.2
+
+
+def offer_group(offer: Offer) -> str:
+    """The offer's group in per-family reports: its family when the catalogue names one, else its kind."""
+    return offer.family if offer.family else offer.kind
+
+
+def offer_groups(offers: list[Offer], offer_ids: np.ndarray) -> np.ndarray:
+    """:func:`offer_group` of each row's offer (``"unknown"`` for an offer not in ``offers``)."""
+    groups = {o.offer_id: offer_group(o) for o in offers}
+    return np.array([groups.get(str(o), "unknown") for o in offer_ids], dtype=object)
+
+
+def delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """AUC of ``a``, AUC of ``b`` and the standard error of their difference on the same rows (DeLong's
+    paired estimate, by midranks). NaNs when ``y`` has a single class."""
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan")
+    v10, v01, aucs = [], [], []
+    for s in (a, b):
+        tx, ty, tz = rankdata(s[pos]), rankdata(s[neg]), rankdata(np.r_[s[pos], s[neg]])
+        aucs.append(float((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n)))
+        v10.append((tz[:m] - tx) / n)
+        v01.append(1.0 - (tz[m:] - ty) / m)
+    sx = np.cov(np.array(v10)) if m > 1 else np.zeros((2, 2))
+    sy = np.cov(np.array(v01)) if n > 1 else np.zeros((2, 2))
+    cov = sx / m + sy / n
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    return aucs[0], aucs[1], float(np.sqrt(max(var, 0.0)))
+
+
+def claim_rate_at(y: np.ndarray, s: np.ndarray, share: float = TOP_SHARE, seed: int = 0) -> float:
+    """Observed claim rate among the ``share`` of rows scored highest (ties in random order)."""
+    if len(y) == 0:
+        return float("nan")
+    k = max(1, round(share * len(y)))
+    tie = np.random.default_rng(seed).random(len(y))
+    top = np.lexsort((tie, -s))[:k]
+    return float(y[top].mean())
+
+
+def by_family(y: np.ndarray, scores: dict[str, np.ndarray], families: np.ndarray) -> dict[str, Any]:
+    """Per family: rows, claims, claim rate; per scorer AUC and claim rate @ :data:`TOP_SHARE`; and the
+    model's margins over every other scorer (AUC with a 95% interval, claim rate @ top share). Families
+    named by the catalogue come first, then the kinds (offers without a family)."""
+    names = sorted(pd.unique(families), key=lambda f: (f in OFFER_KINDS, str(f)))
+    out: dict[str, Any] = {}
+    for fam in names:
+        m = families == fam
+        yf = y[m]
+        entry: dict[str, Any] = {
+            "rows": int(m.sum()),
+            "claims": int(yf.sum()),
+            "claim_rate": float(yf.mean()),
+            "scorers": {
+                name: {"auc": auc(yf, s[m]), "claim_rate@top": claim_rate_at(yf, s[m])}
+                for name, s in scores.items()
+            },
+        }
+        if "model" in scores:
+            mo = entry["scorers"]["model"]
+            margins: dict[str, Any] = {}
+            for name, s in scores.items():
+                if name == "model":
+                    continue
+                _, _, se = delong(yf, scores["model"][m], s[m])
+                diff = mo["auc"] - entry["scorers"][name]["auc"]
+                margins[name] = {
+                    "auc": diff,
+                    "auc_ci": [diff - 1.96 * se, diff + 1.96 * se],
+                    "claim_rate@top": mo["claim_rate@top"] - entry["scorers"][name]["claim_rate@top"],
+                }
+            entry["margins"] = margins
+        out[str(fam)] = entry
+    return out
+
+
+def family_lines(families: dict[str, Any]) -> list[str]:
+    """``benefits train``'s per-family table (model vs popularity and oracle; "-" where undefined, e.g. a
+    family without a claim in the held-out rows)."""
+    if not families:
+        return []
+    top = f"claim@{TOP_SHARE:.0%}"
+
+    def num(v: float, sign: bool = False) -> str:
+        return (f"{v:+.3f}" if sign else f"{v:.3f}") if np.isfinite(v) else "-"
+
+    names = ("model", "popularity", "oracle")
+    lines = [
+        f"  per family (held-out): AUC model / popularity / oracle, model - popularity [95% CI], {top} "
+        "model / popularity / oracle"
+    ]
+    for fam, e in families.items():
+        sc, pop = e["scorers"], e.get("margins", {}).get("popularity")
+        aucs = " / ".join(num(sc[n]["auc"]) if n in sc else "-" for n in names)
+        rates = " / ".join(num(sc[n]["claim_rate@top"]) if n in sc else "-" for n in names)
+        margin = (
+            f"{num(pop['auc'], True)} [{num(pop['auc_ci'][0], True)}, {num(pop['auc_ci'][1], True)}]"
+            if pop and np.isfinite(pop["auc"])
+            else "-"
+        )
+        lines.append(
+            f"    {fam:<14} {e['rows']:>7,} rows {e['claims']:>6,} claims  auc {aucs}  {margin}"
+            f"  {top} {rates}"
+        )
+    return lines

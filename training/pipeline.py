@@ -196,6 +196,7 @@ def run(
         scores["oracle"] = frame["true_p"].to_numpy(dtype=np.float64)[te]
     segments = frame["segment"].astype(str).to_numpy()[te] if "segment" in frame.columns else None
     result = evaluate.evaluate(y[te], groups[te], scores, segments)
+    result["families"] = evaluate.by_family(y[te], scores, evaluate.offer_groups(src.offers, offers_col[te]))
     ece_after = result["overall"]["model"]["calibration"]["ece"]
     calib_meta: dict[str, Any] = {
         "method": calib.method if calib is not None else "none",
@@ -256,6 +257,7 @@ def run(
         },
         "margins": result.get("margins", {}),
         "segments": result.get("segments", {}),
+        "families": result["families"],
         "compared_with_promoted": prev_version if prev is not None else None,
         "promotion": dict(zip(("eligible", "reason"), decision, strict=True)),
         "importance": importance[:25],
@@ -397,6 +399,7 @@ def train_command(
             f"  {name:<11} auc {met['auc']:.4f}  logloss {met['logloss']:.4f}  ndcg@5 {met['ndcg@5']:.4f}"
             f"  ece {met['calibration']['ece']:.4f}"
         )
+    lines.extend(evaluate.family_lines(out.result.get("families", {})))
     lines.extend(f"  note: {n}" for n in out.result.get("notes", []))
     cal = out.metadata["calibration"]
     ece0 = cal["test_ece_before"]
