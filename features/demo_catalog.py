@@ -35,7 +35,7 @@ _CONSULT_TITLES = {
 }
 _CONSULT_CATEGORY = {"health": "health", "nutrition": "health", "beauty": "beauty", "stylist": "fashion"}
 
-#: The lifecycle offers' families (:attr:`Offer.family`), in the order the reports list them.
+#: The lifecycle offers' families (:attr:`Offer.family`).
 LIFECYCLE_FAMILIES: tuple[str, ...] = (
     "wake_up",
     "welcome",
