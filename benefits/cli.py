@@ -118,12 +118,18 @@ def simulate(
     days: Annotated[float, typer.Option(help="Days of history.")] = 14.0,
     offers: Annotated[int, typer.Option(help="Offers in the catalog.")] = 200,
     seed: Annotated[int, typer.Option()] = 1,
+    offpolicy_log: Annotated[
+        bool,
+        typer.Option(help="Also log marginal propensities and every eligible offer's truth (for evaluate)."),
+    ] = False,
 ) -> None:
     """Simulate members, offers, events and logged impressions with outcomes."""
     from training.simulate import simulate_to_dir
 
     _settings()
-    simulate_to_dir(out, n_members=members, days=days, n_offers=offers, seed=seed)
+    simulate_to_dir(
+        out, n_members=members, days=days, n_offers=offers, seed=seed, offpolicy_log=offpolicy_log
+    )
 
 
 @app.command()
@@ -161,6 +167,12 @@ def train(
     objective: Annotated[
         str, typer.Option(help="binary, or lambdarank (per-request ranking, calibrated into P(claim)).")
     ] = "binary",
+    require_offpolicy_gain: Annotated[
+        Path | None,
+        typer.Option(
+            help="Logged slates (as for evaluate --logs) the new version must also win on to be promoted."
+        ),
+    ] = None,
 ) -> None:
     """Build point-in-time training rows, train LightGBM, evaluate, export ONNX into the registry."""
     from training.pipeline import TrainOptions, parse_params, train_command
@@ -181,7 +193,10 @@ def train(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        train_command(settings, data=data, events=events, promote=promote, options=options)
+        train_command(
+            settings, data=data, events=events, promote=promote, options=options,
+            offpolicy_logs=require_offpolicy_gain,
+        )  # fmt: skip
     except INPUT_ERRORS as exc:  # data the user gave that cannot be used: one line, no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -237,12 +252,48 @@ def import_model(
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Argument(help="Model version in the registry.")]) -> None:
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version in the registry.")],
+    require_offpolicy_gain: Annotated[
+        Path | None,
+        typer.Option(
+            help="Logged slates (as for evaluate --logs) VERSION must win on against the promoted model."
+        ),
+    ] = None,
+) -> None:
     """Check VERSION (loads, schema, predictions, parity with its LightGBM source), then make it the
     served model; API replicas hot-swap it within a poll interval. Refused (exit 1) with the reason."""
     from benefits.models_commands import promote_command
 
-    raise typer.Exit(promote_command(_settings(), version))
+    raise typer.Exit(promote_command(_settings(), version, require_offpolicy_gain))
+
+
+@app.command()
+def evaluate(
+    policy: Annotated[str, typer.Option(help="The candidate model version (in the registry).")],
+    logs: Annotated[
+        Path,
+        typer.Option(
+            help="Logged slates with propensities: a simulation directory, impressions table or archive."
+        ),
+    ],
+    baseline: Annotated[str, typer.Option(help="A model version, promoted, or popularity.")] = "promoted",
+    k: Annotated[int | None, typer.Option(help="Slate size of the policy (default: as logged).")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Evaluate softmax (Plackett-Luce) exploration at this temperature.")
+    ] = None,
+    events: Annotated[Path | None, typer.Option(help="Event log for an impressions table.")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="Catalogue file (default: beside the logs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the result (JSON) here.")] = None,
+) -> None:
+    """Counterfactual evaluation: claims and value per view of POLICY and the baseline estimated from
+    logged slates (IPS, SNIPS, doubly robust, with intervals), and their difference."""
+    from benefits.evaluate_cli import evaluate_command
+
+    raise typer.Exit(
+        evaluate_command(_settings(), policy, logs, baseline, k, temperature, events, catalog, as_json, out)
+    )
 
 
 @app.command()

@@ -8,6 +8,7 @@ move), 2 usage error (unknown version, nothing to roll back to).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 
@@ -38,7 +39,11 @@ def _checked(settings: Settings, reg: Registry, version: str) -> list[str] | Non
     return checks
 
 
-def promote_command(settings: Settings, version: str) -> int:
+def promote_command(settings: Settings, version: str, offpolicy_logs: Path | None = None) -> int:
+    """``offpolicy_logs`` (else the ``promotion_offpolicy_logs`` setting): the version must also win
+    the off-policy gate on those logged slates (``benefits.evaluate_cli.offpolicy_gate``)."""
+    from benefits.evaluate_cli import offpolicy_gate
+
     reg = Registry(settings.registry_dir)
     if version not in reg.versions():
         typer.echo(f"error: model version {version!r} is not in the registry ({reg.root})", err=True)
@@ -46,6 +51,10 @@ def promote_command(settings: Settings, version: str) -> int:
     checks = _checked(settings, reg, version)
     if checks is None:
         return 1
+    gate = offpolicy_gate(settings, reg, version, offpolicy_logs)
+    if gate is None:
+        return 1
+    checks = [*checks, *gate]
     ptr = reg.promote(version, reason="benefits promote", checks=checks)
     typer.echo(
         "\n".join(

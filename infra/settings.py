@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     #: Held-out AUC a newly trained model must gain over the promoted one, on the same rows, for
     #: ``benefits train`` to promote it (it must also beat popularity).
     promotion_min_auc_gain: Annotated[float, Field(ge=0, le=1)] = 0.002
+    #: Logged slates (a ``benefits evaluate --logs`` input) that promotion must also win on: when set,
+    #: ``benefits train`` and ``benefits promote`` refuse a version unless the off-policy estimate of its
+    #: claims per view minus the promoted model's has its lower bound above
+    #: ``promotion_offpolicy_margin`` (training.counterfactual). None: no off-policy gate.
+    promotion_offpolicy_logs: Path | None = None
+    promotion_offpolicy_margin: Annotated[float, Field(ge=-1, le=10)] = 0.0
+    promotion_offpolicy_estimator: Literal["dr", "snips"] = "dr"
     model_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
     #: "auto": the promoted model's trees compiled to native code once they match onnxruntime, else
     #: onnxruntime (logged and counted); "compiled": refuse a model that cannot be compiled; "onnx": never.

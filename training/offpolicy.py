@@ -14,9 +14,10 @@ Two levels:
   logged offer *at that position*: either its marginal probability there (the position-based estimator;
   unbiased when a slot's reward depends on its own offer, position and context only, not on the other
   offers of the slate), or the product of the conditional propensities from the top down to it with
-  ``p_target`` the same product under the target (the sequential, per-decision estimator: no such
-  assumption, but only slates whose prefix the target would also have shown count, so it is noisy
-  below the first slot for a deterministic target). ``training.counterfactual`` builds both.
+  ``p_target`` the same product under the target (the sequential estimator: no such assumption, but
+  only slates whose prefix the target would also have shown carry weight, so it is noisy below the
+  first slot for a deterministic target; its DR form, Jiang & Li 2016, is the reward model's value of
+  the target's slate plus the weighted residuals). ``training.counterfactual`` builds both.
   The slots of one view are correlated (one member, one moment): the intervals are therefore computed
   over views (the per-view sums, and a delta-method linearisation for SNIPS), not over slots as if
   they were independent, which is why they are not the library's per-row intervals. The per-slot
@@ -181,7 +182,7 @@ class SlotLog:
 class SlotTarget:
     """A target policy on the logged slots: its probability of each logged decision, and for DR the
     reward model at the logged offer (``q_logged``) and the reward model's value of the target at that
-    slot (``dm``, already times the prefix weight for the sequential estimator)."""
+    slot (``dm``)."""
 
     p_target: np.ndarray
     q_logged: np.ndarray
@@ -212,13 +213,20 @@ def _influences(log: SlotLog, target: SlotTarget) -> dict[str, tuple[float, np.n
         a = np.bincount(log.view[m], weights=wr[m], minlength=n)
         b = np.bincount(log.view[m], weights=w[m], minlength=n)
         if not b.sum() > 0:
-            return {**out, "snips": (float("nan"), np.full(n, np.nan))}
+            continue  # no logged slot here has weight under the target: it adds 0 (as in IPS)
         r = a.sum() / b.sum()
         cj, bj = c.mean(), b.mean()
         est += cj * r
         infl += (c - cj) * r + cj * (a - r * b) / bj
     out["snips"] = (est, infl)
     return out
+
+
+def unmatched_slots(log: SlotLog, target: SlotTarget) -> list[int]:
+    """Positions where no logged slot has weight under the target: SNIPS counts them as 0 (as IPS
+    does), which is an estimate only as good as the log's coverage of the target there."""
+    w = target.weights(log)
+    return [int(j) for j in np.unique(log.slot) if not w[log.slot == j].sum() > 0]
 
 
 def _interval(name: str, value: float, infl: np.ndarray, alpha: float) -> Estimate:

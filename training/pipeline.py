@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +37,7 @@ from features.calibration import Method
 from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from features.projection import DEFAULT_SPEC
 from features.spec import FeatureSpec, load_spec, spec_mismatch
-from infra.registry import Registry
+from infra.registry import METADATA_FILE, Registry
 from training import byod, dataset, evaluate, export, report, train
 from training.sources import Source, load_source
 
@@ -132,8 +134,10 @@ def run(
     split_by: Literal["time", "member"] = "time",
     calibration: Method = "platt",
     objective: train.Objective = "binary",
+    offpolicy_gate: Callable[[str], tuple[bool, str]] | None = None,
 ) -> Outcome:
-    """The whole pipeline; returns the registered version and its evaluation.
+    """The whole pipeline; returns the registered version and its evaluation. ``offpolicy_gate`` (the
+    version -> (pass, why)) is asked before an automatic promotion, after the held-out checks pass.
 
     ``objective`` ``lambdarank`` ranks the rows of each request (LambdaMART); its score is calibrated into
     P(claim) on the validation slice (Platt unless ``calibration`` says isotonic; ``none`` is refused), so
@@ -298,6 +302,13 @@ def run(
     promoted = False
     if promote:
         eligible, why = decision
+        if eligible and offpolicy_gate is not None:
+            # Counterfactual check on logged slates (training.counterfactual_gate.gate_decision): the held-out
+            # AUC says the model ranks better, this says its slates would win more claims.
+            passed, gate_why = offpolicy_gate(version)
+            eligible, why = passed, f"{why}; {gate_why}"
+            metadata["promotion"] = {"eligible": eligible, "reason": why}
+            _rewrite_metadata(registry, version, metadata)
         if eligible:
             registry.promote(
                 version, action="auto_promote", reason=why, checks=[f"export parity {parity:.1e}"]
@@ -308,6 +319,18 @@ def run(
             log.warning("not promoting %s: %s", version, why)
     log.info("registered %s at %s%s", version, path, " (promoted)" if promoted else "")
     return Outcome(version, path, metadata, result, promoted, secs)
+
+
+def _plain(o: Any) -> Any:
+    return o.item() if hasattr(o, "item") else str(o)  # numpy scalars; anything else as text
+
+
+def _rewrite_metadata(registry: Registry, version: str, metadata: dict[str, Any]) -> None:
+    """Replace a registered version's metadata.json (write and rename: readers see old or new)."""
+    path = registry.version_dir(version) / METADATA_FILE
+    tmp = path.with_name(f".{METADATA_FILE}.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=_plain))
+    os.replace(tmp, path)
 
 
 def train_version(registry_dir: Path, data: Path, events: Path | None = None, promote: bool = True) -> str:
@@ -367,10 +390,29 @@ def parse_params(path: Path | None, pairs: list[str]) -> dict[str, Any]:
 
 
 def train_command(
-    settings: Any, data: Path, events: Path | None, promote: bool, options: TrainOptions | None = None
+    settings: Any,
+    data: Path,
+    events: Path | None,
+    promote: bool,
+    options: TrainOptions | None = None,
+    offpolicy_logs: Path | None = None,
 ) -> str:
-    """Entry point of ``benefits train`` (see the module docstring). Returns the version."""
+    """Entry point of ``benefits train`` (see the module docstring). Returns the version.
+
+    ``offpolicy_logs`` (else the ``promotion_offpolicy_logs`` setting) adds the off-policy promotion
+    gate (:func:`training.counterfactual_gate.gate_decision`)."""
     o = options or TrainOptions()
+    gate = None
+    logs = offpolicy_logs or settings.promotion_offpolicy_logs
+    if promote and logs is not None:
+        from training.counterfactual_gate import Gate, gate_decision
+
+        spec = Gate(Path(logs), settings.promotion_offpolicy_margin, settings.promotion_offpolicy_estimator)
+
+        def gate(version: str) -> tuple[bool, str]:
+            ok, why, _ = gate_decision(settings, version, spec)
+            return ok, why
+
     out = run(
         Path(settings.registry_dir),
         data,
@@ -388,6 +430,7 @@ def train_command(
         calibration=o.calibration,
         objective=o.objective,
         min_auc_gain=settings.promotion_min_auc_gain,
+        offpolicy_gate=gate,
     )
     m = out.result["overall"]
     lines = [f"model {out.version} -> {out.path}{' (promoted)' if out.promoted else ''}"]
