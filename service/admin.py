@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from infra.registry import RegistryError
 from service import api, bulk, insight
 from service.deps import ResourcesDep, require_admin
-from service.errors import Invalid, NotFound
+from service.errors import Conflict, Invalid, NotFound
 from service.recommend import RecommendQuery
 from service.schemas import MemberId, RecommendContext
 
@@ -88,15 +88,16 @@ async def campaigns(res: ResourcesDep) -> Response:
 
 @router.post("/v1/admin/models/rollback")
 async def rollback_model(res: ResourcesDep) -> dict[str, object]:
-    """Promote the previously promoted version, with the same checks as a promote."""
+    """Promote the previously promoted version, with the same checks as a promote. 409 when the registry
+    has no previous version to roll back to (a state of the registry, not a bad request)."""
     pointer = res.registry.pointer()
     previous = pointer.get("previous") if pointer else None
     if not previous:
-        raise Invalid("no previous model version to roll back to")
+        raise Conflict("no previous model version to roll back to")
     try:
         res.registry.version_dir(str(previous))
     except RegistryError:
-        raise Invalid(f"previous version {previous!r} is not a valid registry version") from None
+        raise Conflict(f"previous version {previous!r} is not a valid registry version") from None
     return await api.promote_model(str(previous), res)
 
 
@@ -119,13 +120,14 @@ async def member_state(member_id: MemberId, res: ResourcesDep) -> Response:
 
 @router.post("/v1/admin/members/{member_id}/preview")
 async def member_preview(
-    member_id: MemberId, res: ResourcesDep, context: RecommendContext | None = None, limit: int = 10
+    member_id: MemberId,
+    res: ResourcesDep,
+    context: RecommendContext | None = None,
+    limit: Annotated[int, Query(ge=1, le=50, description="Offers to show (1-50).")] = 10,
 ) -> Response:
     """The slate this member would get in ``context``, with reasons and every excluded offer with why.
     The same recommender as ``POST /v1/recommend``; a preview is not counted in the recommend metrics
     and publishes nothing."""
-    if not 1 <= limit <= 50:
-        raise Invalid("limit must be between 1 and 50")
     c = context or RecommendContext()
     query = RecommendQuery(
         member_id=member_id,

@@ -44,6 +44,7 @@ from service.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     MemberId,
+    OfferIn,
     RecommendRequest,
 )
 from service.schemas import RecommendResponse as RecommendResponseModel
@@ -265,7 +266,7 @@ async def list_offers(res: ResourcesDep) -> Response:
 
 
 @admin.post("/v1/admin/offers", status_code=201)
-async def create_offer(offer: Offer, res: ResourcesDep) -> dict[str, object]:
+async def create_offer(offer: OfferIn, res: ResourcesDep) -> dict[str, object]:
     if await res.catalog_store.get(offer.offer_id) is not None:
         raise Conflict(
             f"offer {offer.offer_id!r} exists; use PUT /v1/admin/offers/{offer.offer_id} to replace it"
@@ -283,7 +284,7 @@ async def get_offer(offer_id: str, res: ResourcesDep) -> Offer:
 
 
 @admin.put("/v1/admin/offers/{offer_id}")
-async def put_offer(offer_id: str, offer: Offer, res: ResourcesDep) -> dict[str, object]:
+async def put_offer(offer_id: str, offer: OfferIn, res: ResourcesDep) -> dict[str, object]:
     """Create or replace an offer."""
     if offer.offer_id != offer_id:
         raise Invalid(f"offer_id in the body ({offer.offer_id!r}) differs from the path ({offer_id!r})")

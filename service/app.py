@@ -32,6 +32,7 @@ from infra.redis_layout import MemberStore
 from infra.registry import Registry
 from infra.settings import Settings
 from service import admin, api, console, experiment_api, storefront_api
+from service import openapi as openapi_doc
 from service.auth import KeyRing
 from service.body import invalid_body
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot, load_seed
@@ -340,6 +341,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/console/static", console.static_files(), name="console-static")
 
     def openapi() -> dict[str, Any]:
+        # Built once (the taxonomy of this process); the event-time bounds follow the clock per copy.
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
@@ -347,8 +349,14 @@ def create_app(settings: Settings) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             spec.setdefault("components", {}).setdefault("schemas", {}).update(api.openapi_components())
-            app.openapi_schema = spec
-        return app.openapi_schema
+            res: Resources | None = getattr(app.state, "resources", None)
+            taxonomy = (
+                res.catalog.taxonomy
+                if res is not None
+                else load_taxonomy(settings.taxonomy_path or settings.catalog_seed_path)
+            )
+            app.openapi_schema = openapi_doc.document(spec, taxonomy)
+        return openapi_doc.with_clock(app.openapi_schema, settings)
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -374,12 +382,20 @@ def create_app(settings: Settings) -> FastAPI:
         # Framework-raised errors in the service's one error shape. A body that is not even text
         # (undecodable bytes) is a 400 in FastAPI; it is an invalid request like any other: 422.
         status = 422 if exc.status_code == 400 else exc.status_code
+        headers = getattr(exc, "headers", None)
+        if status == 405:
+            # Starlette names only the first matching route's methods: list every route's on the path,
+            # and answer OPTIONS with them (service/openapi.py).
+            allow = ", ".join(openapi_doc.allowed_methods(app.routes, dict(request.scope)))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            headers = {**(headers or {}), "Allow": allow}
         code = {404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
         return Response(
             orjson.dumps({"error": code, "message": str(exc.detail)}),
             status_code=status,
             media_type="application/json",
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -394,6 +410,8 @@ def create_app(settings: Settings) -> FastAPI:
         res: Resources | None = getattr(app.state, "resources", None)
         return res
 
+    # Innermost: literal paths answer only their own methods (service/openapi.py).
+    app.add_middleware(openapi_doc.MethodGuard, routes=lambda: app.routes)  # type: ignore[arg-type]
     # Inside the edge limits (added after, so outermost): the hot route skips the router (service.fastpath).
     app.add_middleware(RecommendFastPath, resources=resources)  # type: ignore[arg-type]
     app.add_middleware(

@@ -20,7 +20,7 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 
 from features.events import ID_PATTERN
-from service.i18n import LOCALES, is_supported
+from service.i18n import LOCALE_TAGS, is_locale_tag
 
 #: A context value (mirrors service.schemas.ContextValue): any short label; which values are known is
 #: the feature specification's business (an unknown one ranks as "other"), only malformed ones are 422.
@@ -42,7 +42,17 @@ class RecommendBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
 
 
-_decoder = msgspec.json.Decoder(RecommendBody)
+_WireLimit = Annotated[int, msgspec.Meta(ge=1, le=50)] | Annotated[float, msgspec.Meta(ge=1, le=50)]
+
+
+class _RecommendWire(RecommendBody, forbid_unknown_fields=True, frozen=True):
+    """What is decoded: JSON has one number type, so 6.0 is the integer 6 (JSON Schema's "integer"
+    admits it); a fraction is refused after decoding, strings and booleans by the decoder."""
+
+    limit: _WireLimit | None = None  # type: ignore[assignment]
+
+
+_decoder = msgspec.json.Decoder(_RecommendWire)
 # msgspec's messages end in " - at `$.a.b`"; unknown and missing fields name the key in backquotes.
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _KEY = re.compile(r"(?:unknown|missing required) field `(?P<key>[^`]+)`")
@@ -56,8 +66,15 @@ def decode_recommend(raw: bytes) -> RecommendBody:
         raise RequestValidationError([_error(str(exc))]) from None
     except msgspec.DecodeError as exc:
         raise RequestValidationError([{"loc": ("body",), "msg": str(exc), "type": "json_invalid"}]) from None
-    if body.locale is not None and not is_supported(body.locale):
-        msg = f"unsupported locale {body.locale!r}; supported: {', '.join(LOCALES)}"
+    limit: object = body.limit
+    if isinstance(limit, float):
+        if not limit.is_integer():
+            raise RequestValidationError(
+                [{"loc": ("body", "limit"), "msg": "Expected `int`, got a fraction", "type": "int_type"}]
+            )
+        body = msgspec.structs.replace(body, limit=int(limit))
+    if body.locale is not None and not is_locale_tag(body.locale):
+        msg = f"unsupported locale {body.locale!r}; one of: {', '.join(LOCALE_TAGS)}"
         raise RequestValidationError([{"loc": ("body", "locale"), "msg": msg, "type": "value_error"}])
     return body
 

@@ -158,20 +158,23 @@ def _csv_rows(data: bytes) -> tuple[list[Any], list[str]]:
     except UnicodeDecodeError as exc:
         raise ImportFormatError(f"CSV is not UTF-8 text: {exc}") from None
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames
-    if not header:
-        raise ImportFormatError("CSV has no header row")
-    unknown = [c for c in header if not _known_column(c)]
-    warnings = [f"column {c!r} is not an offer field and was ignored" for c in unknown]
-    rows: list[Any] = []
-    for raw in reader:
-        if len(rows) >= MAX_ROWS:
-            raise ImportFormatError(f"more than {MAX_ROWS} rows; at most {MAX_ROWS} per import")
-        if None in raw:  # more cells than header columns
-            cells = len(header) + len(raw[None])
-            rows.append(_Broken(f"row has {cells} cells; the header has {len(header)}"))
-            continue
-        rows.append(_unflatten({k: v for k, v in raw.items() if k not in unknown}))
+    try:
+        header = reader.fieldnames
+        if not header:
+            raise ImportFormatError("CSV has no header row")
+        unknown = [c for c in header if not _known_column(c)]
+        warnings = [f"column {c!r} is not an offer field and was ignored" for c in unknown]
+        rows: list[Any] = []
+        for raw in reader:
+            if len(rows) >= MAX_ROWS:
+                raise ImportFormatError(f"more than {MAX_ROWS} rows; at most {MAX_ROWS} per import")
+            if None in raw:  # more cells than header columns
+                cells = len(header) + len(raw[None])
+                rows.append(_Broken(f"row has {cells} cells; the header has {len(header)}"))
+                continue
+            rows.append(_unflatten({k: v for k, v in raw.items() if k not in unknown}))
+    except csv.Error as exc:  # e.g. a bare carriage return inside a field: was a 500
+        raise ImportFormatError(f"CSV cannot be read: {exc} (line {reader.line_num})") from None
     return rows, warnings
 
 

@@ -223,3 +223,18 @@ def negotiate(requested: str | None, accept_language: str | None, default: str =
 
 def is_supported(tag: str) -> bool:
     return _match(tag) is not None
+
+
+#: The tags a request body's ``locale`` may name (the enum of its OpenAPI schema): each supported locale,
+#: its language alone, and common regional and underscore spellings, all of which :func:`is_supported`
+#: maps. A closed list, so the schema says exactly what is accepted; ``Accept-Language`` still
+#: negotiates any tag.
+LOCALE_TAGS: tuple[str, ...] = (
+    *("zh-CN", "zh", "zh_CN", "zh-Hans", "zh-Hans-CN"),
+    *("en", "en-US", "en-GB", "en_US", "en_GB", "en-AU", "en-CA", "en-IN", "en-SG"),
+)
+
+
+def is_locale_tag(tag: str) -> bool:
+    """A body's ``locale`` is one of :data:`LOCALE_TAGS`."""
+    return tag in LOCALE_TAGS

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WrapValidator, field_validator
 
 from features.offers import Offer
 from service.feedback import FeedbackType
-from service.i18n import LOCALES, is_supported
+from service.i18n import LOCALE_TAGS, is_locale_tag
 
 MemberId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 OfferIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -18,6 +18,22 @@ RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 #: malformed values (wrong type, too long, odd characters) are refused here.
 ContextValue = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:&' -]+$")]
 EventId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+
+
+def _integral(v: object) -> object:
+    # JSON has one number type: 6.0 is the integer 6 (JSON Schema's "integer" admits it). Strings,
+    # booleans and fractions are still refused by the strict int check.
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+#: The integer fields of strict bodies: a JSON integer, or an integral number written with a fraction.
+#: (The validator sits after the bounds so the schema keeps them as minimum / maximum.)
+Limit = Annotated[int, Field(ge=1, le=50), BeforeValidator(_integral)]
+Position = Annotated[int, Field(ge=0, le=1000), BeforeValidator(_integral)]
+#: A request's language: one of the tags the service maps to a supported locale (service.i18n).
+LocaleTag = Annotated[str, Field(min_length=2, max_length=35, json_schema_extra={"enum": list(LOCALE_TAGS)})]
 #: Idempotency-Key header values: the same alphabet as ids (they end up inside Redis keys).
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
 
@@ -38,18 +54,19 @@ class RecommendRequest(BaseModel):
     member_id: MemberId
     context: RecommendContext = RecommendContext()
     #: Offers to return; the service default (settings.default_limit) when omitted.
-    limit: Annotated[int, Field(ge=1, le=50)] | None = None
+    limit: Limit | None = None
     #: Also return the offers that were not eligible, each with its reason ("why not shown").
     explain: bool = False
-    #: Language of the sentences (BCP 47: "zh-CN", "en"; "zh" and "en-GB" match too). Wins over the
-    #: Accept-Language header; the service default when neither names a supported locale.
-    locale: Annotated[str, Field(min_length=2, max_length=35)] | None = None
+    #: Language of the sentences (BCP 47: "zh-CN", "en"; "zh" and "en-GB" match too: the schema lists
+    #: every accepted tag). Wins over the Accept-Language header; the service default when neither names
+    #: a supported locale.
+    locale: LocaleTag | None = None
 
     @field_validator("locale")
     @classmethod
     def _supported_locale(cls, v: str | None) -> str | None:
-        if v is not None and not is_supported(v):
-            raise ValueError(f"unsupported locale {v!r}; supported: {', '.join(LOCALES)}")
+        if v is not None and not is_locale_tag(v):
+            raise ValueError(f"unsupported locale {v!r}; one of: {', '.join(LOCALE_TAGS)}")
         return v
 
 
@@ -108,7 +125,7 @@ class FeedbackRequest(BaseModel):
     member_id: MemberId
     offer_id: OfferIdStr
     request_id: RequestId
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Position = 0
     propensity: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     #: The ``arm`` of the recommend answer this is about; when omitted, the member's current arm.
     arm: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
@@ -121,13 +138,13 @@ class FeedbackRequest(BaseModel):
     context: RecommendContext | None = None
     #: Language of a claim refusal's sentence, as for recommend: this field, else Accept-Language, else
     #: the service default.
-    locale: Annotated[str, Field(min_length=2, max_length=35)] | None = None
+    locale: LocaleTag | None = None
 
     @field_validator("locale")
     @classmethod
     def _supported_locale(cls, v: str | None) -> str | None:
-        if v is not None and not is_supported(v):
-            raise ValueError(f"unsupported locale {v!r}; supported: {', '.join(LOCALES)}")
+        if v is not None and not is_locale_tag(v):
+            raise ValueError(f"unsupported locale {v!r}; one of: {', '.join(LOCALE_TAGS)}")
         return v
 
 
@@ -137,6 +154,29 @@ class FeedbackResponse(BaseModel):
     event_type: str
     inventory_left: int | None = None
     budget_left: float | None = None
+
+
+def _integral_deep(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _integral_deep(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_integral_deep(x) for x in v]
+    return v
+
+
+def _strict_offer(v: Any, handler: Any) -> Offer:
+    # The catalogue model is lax on purpose (CSV cells are strings); a JSON body is not: 0 is not false,
+    # "5" is not 5. Integral numbers are integers (JSON has one number type; 5 is still a valid float).
+    if isinstance(v, dict):
+        return Offer.model_validate(_integral_deep(v), strict=True)
+    out: Offer = handler(v)
+    return out
+
+
+#: An offer in a JSON body of the admin API: the catalogue's model, validated strictly.
+OfferIn = Annotated[Offer, WrapValidator(_strict_offer)]
 
 
 class ErrorResponse(BaseModel):
@@ -150,4 +190,4 @@ class OfferList(BaseModel):
     offers: list[Offer]
 
 
-__all__ = ["Offer"]
+__all__ = ["Offer", "OfferIn"]

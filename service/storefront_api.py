@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import api
 from service.deps import FeedbackDep, MemberTokenDep, ResourcesDep, check_member_token, require_storefront
 from service.errors import NotFound, ServiceError
-from service.schemas import MemberId, OfferIdStr, RecommendContext, RequestId
+from service.schemas import MemberId, OfferIdStr, Position, RecommendContext, RequestId
 
 router = APIRouter(dependencies=[Depends(require_storefront)], responses=api._errors, tags=["storefront"])
 
@@ -70,7 +70,7 @@ class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     offer_id: OfferIdStr
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Position = 0
     propensity: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
 

@@ -56,6 +56,7 @@ from harness.reliability.scenarios_hostile import emptied_store, slow_clients, t
 from harness.reliability.scenarios_input import (
     BAD_OFFERS,
     BAD_SETTINGS,
+    SCHEMATHESIS_EXCEPTIONS,
     _offer,
     bad_input,
     bad_models,
@@ -72,6 +73,7 @@ __all__ = [
     "DOC",
     "PUBLIC_PATHS",
     "SCENARIOS",
+    "SCHEMATHESIS_EXCEPTIONS",
     "Outcome",
     "Stack",
     "_offer",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,47 +106,116 @@ def bad_models(rate: float = 200.0, seconds: float = 10.0) -> Outcome:
     return out
 
 
-SCHEMATHESIS_CHECKS = (
-    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-)
+#: Checks switched off for one operation, each with its reason (written into the config file and the
+#: report). Everything else runs with ``--checks all``.
+SCHEMATHESIS_EXCEPTIONS: dict[tuple[str, str, str], str] = {
+    ("GET", "/v1/admin/offers/{offer_id}", "use_after_free"): (
+        "DELETE /v1/admin/offers/{offer_id} retires an offer: it stays in the catalogue as inactive "
+        "(active: false), readable by id and in the list, because explain answers, claim history and the "
+        "console refer to it; a PUT with active: true brings it back. A 404 after it would be wrong."
+    ),
+}
+
+#: Hooks that keep positive bodies within the rules between fields JSON Schema cannot state.
+SCHEMATHESIS_HOOKS = "harness.reliability.schemathesis_hooks"
 
 
-def schemathesis_run(max_examples: int = 25, seed: int = 1) -> Outcome:
+def _schemathesis_config(path: Path, members: Sequence[str], models: Sequence[str]) -> None:
+    lines = [f"# Written by harness/reliability/scenarios_input.py; hooks: {SCHEMATHESIS_HOOKS}", ""]
+    # Ids that exist (members with state, registry versions) half of the time, so the routes that read
+    # them reach their 200 answers too (nothing in the API creates them for a link to follow).
+    lines += ["[dictionaries.members]", f"values = {list(members)!r}".replace("'", '"'),
+              "[dictionaries.models]", f"values = {list(models)!r}".replace("'", '"'),
+              "[parameters]",
+              '"path.member_id" = { dictionary = "members", probability = 0.5 }',
+              '"path.version" = { dictionary = "models", probability = 0.5 }', ""]  # fmt: skip
+    for (method, op_path, check), reason in SCHEMATHESIS_EXCEPTIONS.items():
+        lines += [f"# {reason}", "[[operations]]", f'include-path = "{op_path}"',
+                  f'include-method = "{method}"', f"checks.{check}.enabled = false", ""]  # fmt: skip
+    path.write_text("\n".join(lines))
+
+
+def _stateful(stdout: str) -> dict[str, Any]:
+    """The stateful phase's lines of the CLI output: scenarios run and OpenAPI links covered."""
+    out: dict[str, Any] = {}
+    m = re.search(r"Stateful \(in ([0-9.]+)s\)", stdout)
+    if m:
+        out["seconds"] = float(m.group(1))
+    m = re.search(r"Scenarios:\s+(\d+)", stdout)
+    out["scenarios"] = int(m.group(1)) if m else 0
+    m = re.search(
+        r"API Links:\s+(\d+) covered / (\d+) selected / (\d+) total(?: \((\d+) inferred\))?", stdout
+    )
+    if m:
+        out["links_covered"], out["links_selected"] = int(m.group(1)), int(m.group(2))
+        out["links_inferred"] = int(m.group(4) or 0)
+    return out
+
+
+def schemathesis_run(max_examples: int = 25, seed: int = 1, output_dir: Path | None = None) -> Outcome:
     """The running app's OpenAPI spec fuzzed once per key scope (storefront, admin) by the schemathesis
-    CLI (examples, coverage, fuzzing and stateful phases, ``max_examples`` per operation)."""
+    CLI: every check (``--checks all``, exceptions in :data:`SCHEMATHESIS_EXCEPTIONS` with their
+    reasons), every phase including the stateful one over the document's OpenAPI links,
+    ``max_examples`` per operation."""
     exe = Path(sys.executable).with_name("schemathesis")
     out = Outcome(
         "Schemathesis (OpenAPI fuzzing)",
-        f"schemathesis {max_examples} examples/operation, every phase, once with a storefront key and once "
-        f"with an admin key, against `benefits serve`; checks: {SCHEMATHESIS_CHECKS}",
+        f"schemathesis --checks all, {max_examples} examples/operation, phases examples, coverage, "
+        "fuzzing and stateful (OpenAPI links), once with a storefront key and once with an admin key, "
+        f"against `benefits serve`; {len(SCHEMATHESIS_EXCEPTIONS)} check(s) off for one operation each, "
+        "with the reason in the notes",
     )
+    out.notes += [f"{m} {p}: {c} off: {r}" for (m, p, c), r in SCHEMATHESIS_EXCEPTIONS.items()]
     with private_stack(members=20) as s, tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "schemathesis.toml"
+        _schemathesis_config(config, s.members[:5], ["v1", "v2"])
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": SCHEMATHESIS_HOOKS,
+            "BENEFITS_ST_MODEL_VERSIONS": "v1,v2",  # the good versions of private_stack's registry
+            "BENEFITS_ST_MEMBER_TTL_SECONDS": str(s.settings.member_ttl_seconds),
+            "BENEFITS_ST_EVENT_MAX_FUTURE_SKEW_SECONDS": str(s.settings.event_max_future_skew_seconds),
+        }
         for scope, key in (("storefront", s.storefront_key), ("admin", s.admin_key)):
-            report = Path(tmp) / f"{scope}.json"
             t0 = time.perf_counter()
+            # One worker: schemathesis' coverage phase with two threads hit a CPython 3.11 race in
+            # ast.parse ("AST constructor recursion depth mismatch") here.
             proc = subprocess.run(
-                [str(exe), "run", f"{s.base}/openapi.json", "-H", f"X-API-Key: {key}",
-                 "--checks", SCHEMATHESIS_CHECKS, "--max-examples", str(max_examples), "--seed", str(seed),
-                 "--workers", "2", "--no-color", "--generation-database", "none",
-                 "--report", "json", "--report-json-path", str(report)],
-                capture_output=True, text=True, cwd=tmp, timeout=300, check=False,
+                [str(exe), "--config-file", str(config), "run", f"{s.base}/openapi.json",
+                 "-H", f"X-API-Key: {key}", "--checks", "all", "--max-examples", str(max_examples),
+                 "--seed", str(seed), "--workers", "1", "--no-color", "--generation-database", "none"],
+                capture_output=True, text=True, cwd=tmp, env=env, timeout=600, check=False,
             )  # fmt: skip
+            if output_dir is not None:
+                (output_dir / f"schemathesis-{scope}.txt").write_text(proc.stdout + proc.stderr)
             tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
             cases = None
             for line in proc.stdout.splitlines():
-                if ("generated" in line and "passed" in line) or ("found" in line and "generated" in line):
+                if "generated" in line and ("passed" in line or "found" in line):
                     cases = line.strip()
+            stateful = _stateful(proc.stdout)
             out.numbers[scope] = {
                 "exit_code": proc.returncode,
                 "test_cases": cases,
+                "stateful": stateful,
                 "summary": tail.strip("= "),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            out.check(f"{scope} key: no 5xx, responses conform to the spec", proc.returncode == 0)
+            out.check(f"{scope} key: every check passes (no 5xx, conformance, positive/negative data, Allow)",
+                      proc.returncode == 0)  # fmt: skip
+            out.check(f"{scope} key: the stateful phase ran scenarios over OpenAPI links",
+                      stateful.get("scenarios", 0) > 0 and stateful.get("links_covered", 0) > 0)  # fmt: skip
             if proc.returncode != 0:
-                out.notes.append(f"{scope}: " + proc.stdout[-2500:])
+                out.notes.append(f"{scope}: " + _failures(proc.stdout))
         out.check("API alive afterwards", s.api is not None and s.api.alive())
     return out
+
+
+def _failures(stdout: str) -> str:
+    """The FAILURES section of the CLI output (without tracebacks), bounded."""
+    text = stdout.split("= FAILURES =", 1)[-1] if "= FAILURES =" in stdout else stdout
+    keep = [ln for ln in text.splitlines() if ln.strip() and 'File "' not in ln and "^^^" not in ln]
+    return "\n".join(keep)[-4000:]
 
 
 #: (what, Settings keyword arguments, a fragment the error must contain)

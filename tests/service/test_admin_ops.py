@@ -164,7 +164,7 @@ def test_parse_accepts_exactly_what_the_offer_model_accepts(value: object, tiers
 async def test_rollback_returns_to_the_previous_model(settings: Settings, registry: Registry) -> None:
     async with running(create_app(settings)) as c:
         r = await c.post("/v1/admin/models/rollback", headers=ADMIN)
-        assert r.status_code == 422 and "no previous" in r.json()["message"]
+        assert r.status_code == 409 and "no previous" in r.json()["message"]  # a registry state
         assert (await c.post("/v1/admin/models/v2/promote", headers=ADMIN)).json()["serving"] == "v2"
         status = (await c.get("/v1/admin/models", headers=ADMIN)).json()
         assert status["previous"] == "v1"
