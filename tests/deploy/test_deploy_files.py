@@ -41,6 +41,10 @@ K8S_FILES = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yam
 #: Metrics the dashboard must show (issue 8): API latency by stage, degraded answers, candidates,
 #: model version, events folded, dead letters, consumer lag, freshness.
 REQUIRED_METRICS = {
+    # issue 14: the alarms of an emptied store and of a recreated topic
+    "benefits_store_state_lost",
+    "benefits_stream_state_lost",
+    "benefits_stream_offsets_backwards_total",
     "benefits_recommend_stage_seconds_bucket",
     "benefits_recommend_degraded_total",
     "benefits_recommend_candidates_bucket",
