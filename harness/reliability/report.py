@@ -105,7 +105,11 @@ def _key_numbers(o: Outcome) -> str:
                 f"{v('expected_folded')}; recommend 5xx {g('recommend_outage', '5xx')}"
             )
         case "Schemathesis (OpenAPI fuzzing)":
-            return "; ".join(f"{k}: {v.get('test_cases')} ({v.get('seconds')} s)" for k, v in n.items())
+            return "; ".join(
+                f"{k}: {v.get('test_cases')}, stateful {v.get('stateful', {}).get('scenarios')} scenarios "
+                f"over {v.get('stateful', {}).get('links_covered')} links ({v.get('seconds')} s)"
+                for k, v in n.items()
+            )
         case "Invalid settings and catalog rules":
             s_ok = sum(1 for r in v("settings", []) if r["refused"] and r["named"])
             o_ok = sum(1 for r in v("offers", []) if r["status"] == 422 and r["named"])
@@ -191,6 +195,24 @@ def render(outcomes: Sequence[Outcome], started: float, seconds: float, load_bef
         "- An offer with `eligibility.valid_to_ts: NaN` was accepted by the admin API and stored; "
         "`features/offers.py` now refuses NaN/inf (commit a055e88, by the owner of the core), and the "
         "invalid-offer table above includes the case.",
+        "- Redis back empty (issue 14): every answer had become a quiet `cold_start` with `degraded: "
+        "false`. Now the API says `state_lost` and the worker holds folding until `benefits replay` "
+        "(`stream/epoch.py`). Building the scenario found two more: `benefits replay` read only the first "
+        "record of each partition from the embedded broker (tansu answers ListOffsets with 0 or 1; the "
+        "end now comes from the fetch high watermark, `stream/replay.py`), and a worker whose batch was "
+        "retrying while Redis restarted wrote it into the empty store before its periodic check (a failed "
+        "round trip is now retried only once the epoch marker reads as before).",
+        "- Topic recreated (issue 14): before topic incarnations, 21% of accepted feedback of members seen "
+        "before was skipped as redeliveries; the scenario now folds every accepted event once, both shapes.",
+        "- schemathesis `--checks all` with the stateful phase (issue 14) found: `OPTIONS` and 405 listing "
+        "only the first route's methods; `PUT`/`DELETE /v1/admin/offers/export` reaching the "
+        "`{offer_id}` route; kind -> subtype, categories, locales, the Idempotency-Key alphabet, "
+        "`event_ts` and the preview `limit` bounds missing from the document; `active: 0` coerced to false "
+        "in admin offer bodies; `6.0` refused as an integer although JSON Schema admits it; a rollback "
+        "with no previous version a 422 instead of a 409; and a real 500: an imported CSV with a bare "
+        "carriage return (`csv.Error` uncaught in `service/bulk.py`). All fixed (`service/openapi.py`, "
+        "`service/schemas.py`); rules between two fields that JSON Schema cannot compare are described "
+        "in the document and kept in positive bodies by `harness/reliability/schemathesis_hooks.py`.",
         "",
         "## Hazards and limits of these checks",
         "",
