@@ -223,12 +223,15 @@ def impressions_from_events(
     1 when the member claimed that offer within ``window_seconds`` after it (each claim labels the
     latest impression of the offer before it). The page context is the one the impression carries (the
     storefront's feedback ``context``, as the service normalised it); an impression without it gets the
-    defaults (home, no category, other, app)."""
+    defaults (home, no category, other, app). ``propensity`` is the impression's logged one (NaN when it
+    has none)."""
     shown: dict[tuple[str, str], list[int]] = {}
     rows: list[tuple[str, str, float, str, int, str, str | None, str, str]] = []
     claims: list[tuple[str, str, float]] = []
+    impressions: list[ev.Impression] = []
     for e in events:
         if isinstance(e, ev.Impression):
+            impressions.append(e)
             shown.setdefault((e.member_id, e.offer_id), []).append(len(rows))
             rows.append(
                 (
@@ -249,6 +252,9 @@ def impressions_from_events(
         columns=["member_id", "offer_id", "event_ts", "request_id", "position", *CONTEXT_COLUMNS],
     )
     df["label"] = label
+    # The logging policy's propensity each impression carries (NaN without one): what counterfactual
+    # evaluation of the archive reweights by (training.counterfactual).
+    df["propensity"] = [float("nan") if e.propensity is None else e.propensity for e in impressions]
     return df
 
 

@@ -8,8 +8,8 @@ What it reads (``--logs``, the same inputs as ``benefits train``, through ``trai
   true claim probability, the oracle);
 - a **bring-your-own impressions table** (CSV/Parquet) with a ``propensity`` column (and optionally
   ``propensity_marginal``), with its event log (``--events``);
-- an **archive directory** (``benefits archive``): impression events carry position and propensity,
-  but not the page context, so rows get the default context (a weaker evaluation).
+- an **archive directory** (``benefits archive``): its impression events carry position, propensity
+  and the page context the storefront reported (an impression without a propensity is refused).
 
 The service's ``recommend`` log line is *not* accepted: it is sampled, it names the member only by a
 salted hash (no point-in-time state can be rebuilt for it), and it has neither the page's category nor
@@ -39,7 +39,6 @@ Value per view: each claim is worth ``objective_claim_value + value_weight * val
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from features import objective as obj
 from features import slate
@@ -58,15 +56,7 @@ from infra.registry import Registry
 from infra.settings import Settings
 from training import counterfactual_policy as cp
 from training import dataset, export
-from training.offpolicy import (
-    Estimate,
-    SlotLog,
-    SlotTarget,
-    slot_estimates,
-    unmatched_slots,
-    view_difference,
-    view_estimates,
-)
+from training.counterfactual_estimates import Slots, estimates
 from training.sim_offpolicy import CANDIDATES_FILE
 
 log = logging.getLogger(__name__)
@@ -125,7 +115,7 @@ def _scorer(registry: Registry, version: str | None, spec: Any, role: str) -> _S
     return _Scorer(version, version, sess)
 
 
-def _check_propensities(df: pd.DataFrame, column: str, source: str) -> None:
+def check_propensities(df: pd.DataFrame, column: str, source: str) -> None:
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values) | (values <= 0) | (values > 1)
     if bad.any():
@@ -153,25 +143,221 @@ def _load(logs: Path, options: Options) -> tuple[Any, pd.DataFrame | None]:
         )
     if "request_id" not in imp.columns:
         imp = dataset.prepare_impressions(imp, src.offers).drop(columns=["group"])
-    _check_propensities(imp, PROPENSITY, str(logs))
+    check_propensities(imp, PROPENSITY, str(logs))
     if MARGINAL in imp.columns:
-        _check_propensities(imp, MARGINAL, str(logs))
+        check_propensities(imp, MARGINAL, str(logs))
     src.impressions = imp
     cand_path = Path(logs) / CANDIDATES_FILE
     candidates = pd.read_parquet(cand_path) if Path(logs).is_dir() and cand_path.exists() else None
     return src, candidates
 
 
-def _mean_interval(x: np.ndarray, alpha: float) -> dict[str, float]:
-    n = len(x)
-    mean = float(x.mean()) if n else float("nan")
-    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    return {"estimate": mean, "ci_low": mean - z * se, "ci_high": mean + z * se, "n": n}
+def _objective(settings: Settings) -> obj.Objective:
+    return obj.Objective(
+        claim_value=settings.objective_claim_value,
+        value_weight=settings.value_weight,
+        cost_weight=settings.cost_weight,
+        pacing_floor=settings.pacing_floor,
+        pacing_reserve_fraction=settings.pacing_reserve_fraction,
+    )
+
+
+def _logged_candidates(
+    cand_table: pd.DataFrame, table: OfferTable
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per request id: its eligible offers as logged (indices into ``table``, sorted) and, when the log
+    has them, their true claim probabilities (aligned)."""
+    by_request: dict[str, np.ndarray] = {}
+    truth: dict[str, np.ndarray] = {}
+    known = cand_table[cand_table["offer_id"].isin(table.index)]
+    rid = known["request_id"].astype(str).to_numpy()
+    off = known["offer_id"].map(table.index).to_numpy(dtype=np.int64)
+    tp = known["true_p"].to_numpy(dtype=np.float64) if "true_p" in known.columns else None
+    order = np.lexsort((off, rid))
+    rid, off = rid[order], off[order]
+    cuts = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1], True])
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        by_request[str(rid[a])] = off[a:b]
+        if tp is not None:
+            truth[str(rid[a])] = tp[order[a:b]]
+    return by_request, truth
+
+
+@dataclass
+class _Scored:
+    """Pass 2's output: per view, the offers it needs (eligible and logged, sorted indices into the
+    table), which of them are eligible, their pacing, the popularity prior, the reward model's claim
+    probability (``q0``) and each scorer's probability (by role), and the member's fold."""
+
+    views: list[dict[str, Any]]
+    replay: dataset.Replay
+    offer_idx: np.ndarray
+
+
+def _score_views(
+    settings: Settings,
+    frame: pd.DataFrame,
+    src: Any,
+    offers: list[Any],
+    table: OfferTable,
+    elig_table: EligibilityTable,
+    scorers: dict[str, _Scorer],
+    reward: cp.RewardModel,
+    by_request: dict[str, np.ndarray],
+) -> _Scored:
+    """Replay every logged view (training's point-in-time state), find its eligible offers (as logged,
+    else by eligibility on that state), build their feature rows and score them in chunks."""
+    replay = dataset.Replay(frame, src.events, table)
+    offer_idx = frame["offer_id"].map(table.index).to_numpy(dtype=np.int64)
+    request_ids = frame["request_id"].astype(str).to_numpy()
+    prior = table.prior_column("claim")
+    prior = table.prior_column("ctr") if prior is None else prior
+    end, inv_duration = obj.campaign_windows(offers)
+    objective = _objective(settings)
+    budget_cache: dict[float, np.ndarray] = {}
+    views: list[dict[str, Any]] = [{} for _ in range(len(replay))]
+    chunk: list[tuple[int, np.ndarray]] = []
+
+    def score_chunk() -> None:
+        if not chunk:
+            return
+        X = np.concatenate([x for _, x in chunk])
+        sizes = np.cumsum([0, *[len(x) for _, x in chunk]])
+        preds = {role: export.onnx_predict(sc.session, X) for role, sc in scorers.items() if sc.session}
+        fold_rows = np.concatenate([np.full(len(x), views[r]["fold"]) for r, x in chunk])
+        q0 = np.zeros(len(X))
+        for f in range(len(reward.models)):
+            m = fold_rows == f
+            q0[m] = reward.predict(f, X[m])
+        for (r, _), a, b in zip(chunk, sizes[:-1], sizes[1:], strict=True):
+            v = views[r]
+            v["q0"] = q0[a:b]
+            for role in scorers:
+                v[role] = preds[role][a:b] if role in preds else v["prior"]
+        chunk.clear()
+
+    rows_pending = 0
+    for r, state in replay:
+        t, ctx, bucket = float(replay.ts[r]), replay.contexts[r], float(replay.bucket[r])
+        s, e = int(replay.starts[r]), int(replay.ends[r])
+        claims = replay.claims[bucket]  # stock and budget use as of the statistics refresh
+        if bucket not in budget_cache:
+            budget_cache[bucket] = obj.shares_left(offers, claims * table.cost)
+        rid = request_ids[s]
+        if rid in by_request:
+            eligible = by_request[rid]
+        else:
+            reason = evaluate(elig_table, table.index, state, ctx, t, claims, claims * table.cost)
+            eligible = np.flatnonzero(reason < 0)
+        need = np.union1d(eligible, offer_idx[s:e])
+        time_left = obj.time_left_share(end[need], inv_duration[need], t)
+        views[r] = {
+            "need": need,
+            "eligible": np.isin(need, eligible),
+            "pace": obj.pacing(budget_cache[bucket][need], time_left, objective),
+            "prior": (
+                table.static[need, prior].astype(np.float64)
+                if prior is not None
+                else np.full(len(need), 0.02)
+            ),
+            "fold": cp.member_fold(str(replay.member[r])),
+            "rid": rid,
+        }
+        chunk.append((r, rows(state, table, ctx, t, only=need)))
+        rows_pending += len(need)
+        if rows_pending >= CHUNK_ROWS:
+            score_chunk()
+            rows_pending = 0
+    score_chunk()
+    return _Scored(views, replay, offer_idx)
+
+
+def _policy_slots(
+    settings: Settings,
+    o: Options,
+    frame: pd.DataFrame,
+    offers: list[Any],
+    table: OfferTable,
+    elig_table: EligibilityTable,
+    scored: _Scored,
+    roles: list[str],
+    reward: cp.RewardModel,
+    truth: dict[str, np.ndarray],
+    policy: slate.SlatePolicy,
+    sequential: bool,
+) -> Slots:
+    """Each role's policy on each logged view (the objective of its scores, the slate rules): its
+    probabilities of the logged slots and the reward model's value of its slate."""
+    objective = _objective(settings)
+    worth = objective.claim_value + objective.value_weight * table.value - objective.cost_weight * table.cost
+    explore = o.temperature is not None
+    rng = np.random.default_rng(o.seed)
+    pinned = np.array([x.pinned for x in offers], dtype=bool)
+    has_truth = bool(truth) and len(truth) == len(scored.views)
+    true_col = frame["true_p"].to_numpy(dtype=np.float64) if "true_p" in frame.columns else None
+    label = frame["label"].to_numpy(dtype=np.float64)
+    p_cond = frame[PROPENSITY].to_numpy(dtype=np.float64)
+    p_marg = None if sequential else frame[MARGINAL].to_numpy(dtype=np.float64)
+    out = Slots([], [], [], [], [], {r: {k: [] for k in ("p", "qc", "qv", "dc", "dv")} for r in roles},
+                 {r: [] for r in roles}, [])  # fmt: skip
+    for r, v in enumerate(scored.views):
+        s, e = int(scored.replay.starts[r]), int(scored.replay.ends[r])
+        n_slots = e - s if o.k is None else min(o.k, e - s)
+        out.capped += (e - s) - n_slots
+        e = s + n_slots
+        shown = scored.offer_idx[s:e]
+        need, elig = v["need"], v["eligible"]
+        el = need[elig]
+        pos_in_el = {int(i): j for j, i in enumerate(el.tolist())}
+        logged = [pos_in_el.get(int(i), -1) for i in shown]
+        factor = reward.slot_factor(v["fold"], n_slots)
+        q_logged = v["q0"][np.searchsorted(need, shown)] * factor
+        tp = truth[v["rid"]] if has_truth else None  # aligned with el: both the logged set, sorted
+        for role in roles:
+            cand = slate.Candidates(
+                score=obj.score(v[role][elig], table.value[el], table.cost[el], v["pace"][elig], objective),
+                pinned=pinned[el],
+                kinds=table.kind_idx[el],
+                categories=table.category_idx[el],
+                families=elig_table.family_idx[el],
+            )
+            vt = cp.view_targets(
+                cand,
+                logged,
+                p_cond[s:e],
+                policy,
+                explore,
+                sequential,
+                v["q0"][elig],
+                worth[el],
+                factor,
+                rng,
+                tp,
+            )
+            tg = out.targets[role]
+            tg["p"].append(vt.p_target)
+            tg["qc"].append(q_logged)
+            tg["qv"].append(q_logged * worth[shown])
+            tg["dc"].append(vt.dm_claims)
+            tg["dv"].append(vt.dm_value)
+            if vt.oracle is not None:
+                out.oracle[role].append(vt.oracle)
+        out.view.append(np.full(n_slots, r))
+        out.slot.append(np.arange(n_slots))
+        out.claim.append(label[s:e])
+        out.value.append(label[s:e] * worth[shown])
+        out.p_log.append(np.cumprod(p_cond[s:e]) if p_marg is None else p_marg[s:e])
+        if true_col is not None:
+            out.logged_truth.append(float(true_col[s:e].sum()))
+    return out
 
 
 def run(
-    settings: Settings, logs: Path, candidate: str, baseline: str = "promoted", options: Options | None = None
+    settings: Settings,
+    logs: Path,
+    candidate: str,
+    baseline: str = "promoted",
+    options: Options | None = None,
 ) -> dict[str, Any]:
     """Estimates for ``candidate`` and ``baseline`` (a version, ``promoted`` or ``popularity``) from
     ``logs`` (see the module docstring); the result as a JSON-able dict."""
@@ -187,204 +373,59 @@ def run(
         "baseline": _resolve(registry, baseline, "baseline"),
     }
     src, cand_table = _load(logs, o)
-    spec = src.spec
     scorers = {
-        "candidate": _scorer(registry, versions["candidate"], spec, "policy"),
-        "baseline": _scorer(registry, versions["baseline"], spec, "baseline"),
+        role: _scorer(registry, v, src.spec, "policy" if role == "candidate" else role)
+        for role, v in versions.items()
     }
     offers = sorted(src.offers, key=lambda x: x.offer_id)  # the service's snapshot order (ties)
     notes: list[str] = []
 
     # Pass 1: the logged rows, as training builds them; the reward model on them.
-    ts = dataset.build(src.impressions, src.events, offers, spec=spec)
+    ts = dataset.build(src.impressions, src.events, offers, spec=src.spec)
     frame = ts.frame
-    slot_all = frame.groupby("group").cumcount().to_numpy()
-    members = frame["member_id"].astype(str).to_numpy()
-    folds = np.array([cp.member_fold(m) for m in members])
-    reward = cp.RewardModel(ts.X, ts.y, folds, slot_all)
+    folds = np.array([cp.member_fold(m) for m in frame["member_id"].astype(str).tolist()])
+    reward = cp.RewardModel(ts.X, ts.y, folds, frame.groupby("group").cumcount().to_numpy())
     sequential = MARGINAL not in frame.columns
     if sequential:
         notes.append(
-            f"no {MARGINAL!r} column: the sequential (per-decision) estimator, from the conditional "
-            "propensities; for a greedy policy only views whose logged offers above a slot are the "
-            "policy's own count for that slot, so slots below the first are noisy. Log each shown "
-            "offer's marginal probability at its position for the position-based estimator."
+            f"no {MARGINAL!r} column: the sequential estimator, from the conditional propensities; for a "
+            "greedy policy only views whose logged offers above a slot are the policy's own count for "
+            "that slot, so slots below the first are noisy. Log each shown offer's marginal probability "
+            "at its position for the position-based estimator."
         )
+    if settings.fairness_guard_enabled:
+        notes.append("the fairness guard is on in the settings but not applied here: slates may differ")
 
     # Pass 2: every view's eligible offers, scored by both policies and the reward model.
-    table = OfferTable(offers, spec)
+    table = OfferTable(offers, src.spec)
     elig_table = EligibilityTable(offers)
-    replay = dataset.Replay(frame, src.events, table)
-    offer_idx = frame["offer_id"].map(table.index).to_numpy(dtype=np.int64)
-    by_request: dict[str, np.ndarray] = {}
-    truth: dict[str, np.ndarray] = {}
+    by_request, truth = _logged_candidates(cand_table, table) if cand_table is not None else ({}, {})
     if cand_table is not None:
-        known = cand_table[cand_table["offer_id"].isin(table.index)]
-        rid_col = known["request_id"].astype(str).to_numpy()
-        off_col = known["offer_id"].map(table.index).to_numpy(dtype=np.int64)
-        tp_col = known["true_p"].to_numpy(dtype=np.float64) if "true_p" in known.columns else None
-        order = np.lexsort((off_col, rid_col))
-        rid_col, off_col = rid_col[order], off_col[order]
-        cuts = np.flatnonzero(np.r_[True, rid_col[1:] != rid_col[:-1], True])
-        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-            by_request[str(rid_col[a])] = off_col[a:b]
-            if tp_col is not None:
-                truth[str(rid_col[a])] = tp_col[order[a:b]]
         notes.append(f"eligible offers per view as logged in {CANDIDATES_FILE}")
-    request_ids = frame["request_id"].astype(str).to_numpy()
-    prior = table.prior_column("claim")
-    prior = table.prior_column("ctr") if prior is None else prior
-    end, inv_duration = obj.campaign_windows(offers)
-    budget_cache: dict[float, np.ndarray] = {}
-    objective = obj.Objective(
-        claim_value=settings.objective_claim_value,
-        value_weight=settings.value_weight,
-        cost_weight=settings.cost_weight,
-        pacing_floor=settings.pacing_floor,
-        pacing_reserve_fraction=settings.pacing_reserve_fraction,
-    )
-    worth_all = (
-        objective.claim_value + objective.value_weight * table.value - objective.cost_weight * table.cost
-    )
-    views: list[dict[str, Any]] = [{} for _ in range(len(replay))]
-    chunk: list[tuple[int, np.ndarray]] = []
-    chunk_rows = 0
+    scored = _score_views(settings, frame, src, offers, table, elig_table, scorers, reward, by_request)
 
-    def score_chunk() -> None:
-        if not chunk:
-            return
-        X = np.concatenate([x for _, x in chunk])
-        sizes = np.cumsum([0, *[len(x) for _, x in chunk]])
-        preds = {}
-        for role, sc in scorers.items():
-            if sc.session is not None:
-                preds[role] = export.onnx_predict(sc.session, X)
-        fold_rows = np.concatenate([np.full(len(x), views[r]["fold"]) for r, x in chunk])
-        q0 = np.zeros(len(X))
-        for f in range(len(reward.models)):
-            m = fold_rows == f
-            q0[m] = reward.predict(f, X[m])
-        for (r, _), a, b in zip(chunk, sizes[:-1], sizes[1:], strict=True):
-            v = views[r]
-            v["q0"] = q0[a:b]
-            for role, sc in scorers.items():
-                v[role] = preds[role][a:b] if sc.session is not None else v["prior"]
-        chunk.clear()
-
-    for r, state in replay:
-        t, ctx, bucket = float(replay.ts[r]), replay.contexts[r], float(replay.bucket[r])
-        s, e = int(replay.starts[r]), int(replay.ends[r])
-        claims = replay.claims[bucket]
-        if bucket not in budget_cache:
-            budget_cache[bucket] = obj.shares_left(offers, claims * table.cost)
-        rid = request_ids[s]
-        if rid in by_request:
-            eligible = by_request[rid]
-        else:
-            reason = evaluate(elig_table, table.index, state, ctx, t, claims, claims * table.cost)
-            eligible = np.flatnonzero(reason < 0)
-        need = np.union1d(eligible, offer_idx[s:e])
-        pace = obj.pacing(
-            budget_cache[bucket][need], obj.time_left_share(end[need], inv_duration[need], t), objective
-        )
-        views[r] = {
-            "need": need,
-            "eligible": np.isin(need, eligible),
-            "pace": pace,
-            "prior": table.static[need, prior].astype(np.float64)
-            if prior is not None
-            else np.full(len(need), 0.02),
-            "fold": cp.member_fold(str(replay.member[r])),
-            "rid": rid,
-        }
-        chunk.append((r, rows(state, table, ctx, t, only=need)))
-        chunk_rows += len(need)
-        if chunk_rows >= CHUNK_ROWS:
-            score_chunk()
-            chunk_rows = 0
-    score_chunk()
-
-    # The policies' probabilities of the logged slots, per view.
+    # The policies' probabilities of the logged slots, and the estimates.
     policy = slate.SlatePolicy(
         max_per_category=settings.slate_max_per_category,
         min_kinds=settings.slate_min_kinds,
         exploration="softmax" if o.temperature is not None else "epsilon",
         temperature=o.temperature if o.temperature is not None else 0.5,
     )
-    explore = o.temperature is not None
-    if settings.fairness_guard_enabled:
-        notes.append("the fairness guard is on in the settings but not applied here: slates may differ")
-    rng = np.random.default_rng(o.seed)
-    pinned = np.array([x.pinned for x in offers], dtype=bool)
-    rows_view, rows_slot, rows_claim, rows_value, rows_plog = [], [], [], [], []
-    targets: dict[str, dict[str, list[np.ndarray]]] = {
-        role: {"p": [], "qc": [], "qv": [], "dc": [], "dv": []} for role in scorers
-    }
-    oracle: dict[str, list[tuple[float, float]]] = {role: [] for role in scorers}
-    logged_truth: list[float] = []
-    has_truth = bool(truth) and len(truth) == len(views)
-    true_col = frame["true_p"].to_numpy(dtype=np.float64) if "true_p" in frame.columns else None
-    label = frame["label"].to_numpy(dtype=np.float64)
-    p_cond_all = frame[PROPENSITY].to_numpy(dtype=np.float64)
-    p_marg_all = None if sequential else frame[MARGINAL].to_numpy(dtype=np.float64)
-    capped = 0
-    for r, v in enumerate(views):
-        s, e = int(replay.starts[r]), int(replay.ends[r])
-        n_slots = e - s if o.k is None else min(o.k, e - s)
-        capped += (e - s) - n_slots
-        e = s + n_slots
-        need, elig = v["need"], v["eligible"]
-        el = need[elig]
-        pos_in_el = {int(i): j for j, i in enumerate(el.tolist())}
-        logged = [pos_in_el.get(int(i), -1) for i in offer_idx[s:e]]
-        need_pos = np.searchsorted(need, offer_idx[s:e])
-        factor = reward.slot_factor(v["fold"], n_slots)
-        q_logged = v["q0"][need_pos] * factor
-        worth_logged = worth_all[offer_idx[s:e]]
-        tp = truth[v["rid"]] if has_truth else None  # aligned with el: both the logged set, sorted
-        for role in scorers:
-            score = obj.score(v[role][elig], table.value[el], table.cost[el], v["pace"][elig], objective)
-            cand = slate.Candidates(
-                score=score,
-                pinned=pinned[el],
-                kinds=table.kind_idx[el],
-                categories=table.category_idx[el],
-                families=elig_table.family_idx[el],
-            )
-            vt = cp.view_targets(
-                cand, logged, p_cond_all[s:e], policy, explore, sequential,
-                v["q0"][elig], worth_all[el], factor, rng, tp,
-            )  # fmt: skip
-            tg = targets[role]
-            tg["p"].append(vt.p_target)
-            tg["qc"].append(q_logged)
-            tg["qv"].append(q_logged * worth_logged)
-            tg["dc"].append(vt.dm_claims)
-            tg["dv"].append(vt.dm_value)
-            if vt.oracle is not None:
-                oracle[role].append(vt.oracle)
-        rows_view.append(np.full(n_slots, r))
-        rows_slot.append(np.arange(n_slots))
-        rows_claim.append(label[s:e])
-        rows_value.append(label[s:e] * worth_logged)
-        rows_plog.append(np.cumprod(p_cond_all[s:e]) if p_marg_all is None else p_marg_all[s:e])
-        if true_col is not None:
-            logged_truth.append(float(true_col[s:e].sum()))
-    if capped:
+    roles = list(scorers)
+    sl = _policy_slots(
+        settings, o, frame, offers, table, elig_table, scored, roles, reward, truth, policy, sequential
+    )
+    if sl.capped:
         notes.append(
-            f"--k {o.k}: {capped} logged slots below position {o.k} left out (the policy shows {o.k})"
+            f"--k {o.k}: {sl.capped} logged slots below position {o.k} left out (the policy shows {o.k})"
         )
-
-    n_views = len(views)
-    cat = np.concatenate
-    view_idx, slots = cat(rows_view), cat(rows_slot)
     out: dict[str, Any] = {
         "logs": str(logs),
-        "views": n_views,
-        "slots": len(view_idx),
+        "views": len(scored.views),
+        "slots": int(sum(len(x) for x in sl.view)),
         "estimator": "sequential" if sequential else "position-based (marginal propensities)",
         "policy": {
-            "exploration": "softmax" if explore else "greedy",
+            "exploration": "softmax" if o.temperature is not None else "greedy",
             "temperature": o.temperature,
             "k": o.k if o.k is not None else "as logged",
             "max_per_category": policy.max_per_category,
@@ -392,54 +433,7 @@ def run(
         },
         "alpha": o.alpha,
     }
-    per_metric: dict[str, SlotLog] = {
-        "claims_per_view": SlotLog(view_idx, slots, cat(rows_claim), cat(rows_plog), n_views),
-        "value_per_view": SlotLog(view_idx, slots, cat(rows_value), cat(rows_plog), n_views),
-    }
-    tgt: dict[str, dict[str, SlotTarget]] = {}
-    for role, tg in targets.items():
-        tgt[role] = {
-            "claims_per_view": SlotTarget(cat(tg["p"]), cat(tg["qc"]), cat(tg["dc"])),
-            "value_per_view": SlotTarget(cat(tg["p"]), cat(tg["qv"]), cat(tg["dv"])),
-        }
-
-    def as_dict(est: dict[str, Estimate]) -> dict[str, Any]:
-        return {k: e.as_dict() for k, e in est.items()}
-
-    for role, sc in scorers.items():
-        empty = unmatched_slots(per_metric["claims_per_view"], tgt[role]["claims_per_view"])
-        if empty:
-            notes.append(
-                f"{role} {sc.label}: no logged slot at positions {empty} carries its weight (0 there)"
-            )
-        block: dict[str, Any] = {"policy": sc.label}
-        for metric, sl in per_metric.items():
-            block[metric] = as_dict(view_estimates(sl, tgt[role][metric], o.alpha))
-        if oracle[role]:
-            orc = np.asarray(oracle[role])
-            block["oracle"] = {
-                "claims_per_view": float(orc[:, 0].mean()),
-                "value_per_view": float(orc[:, 1].mean()),
-            }
-        out[role] = block
-    diff: dict[str, Any] = {}
-    for metric, sl in per_metric.items():
-        diff[metric] = as_dict(
-            view_difference(sl, tgt["candidate"][metric], tgt["baseline"][metric], o.alpha)
-        )
-    if "oracle" in out["candidate"] and "oracle" in out["baseline"]:
-        diff["oracle"] = {m: out["candidate"]["oracle"][m] - out["baseline"]["oracle"][m] for m in per_metric}
-    out["difference"] = diff
-    logging_policy: dict[str, Any] = {
-        metric: _mean_interval(np.bincount(sl.view, weights=sl.reward, minlength=n_views), o.alpha)
-        for metric, sl in per_metric.items()
-    }
-    if logged_truth:
-        logging_policy["oracle"] = {"claims_per_view": float(np.mean(logged_truth))}
-    out["logging_policy"] = logging_policy
-    out["per_slot"] = slot_estimates(
-        per_metric["claims_per_view"], tgt["candidate"]["claims_per_view"], o.alpha
-    )
+    out.update(estimates(sl, {r: sc.label for r, sc in scorers.items()}, o.alpha, notes))
     out["notes"] = notes
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out

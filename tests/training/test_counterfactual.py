@@ -176,3 +176,63 @@ def test_the_command_refuses_logs_it_cannot_use(
     env["BENEFITS_REGISTRY_DIR"] = str(lone.root)
     res = run(app, [*base[:3], "--baseline", "promoted", "--logs", str(sim_dir)], env=env)
     assert res.exit_code == 2 and "no model is promoted" in res.output
+
+
+def test_sequential_estimator_from_conditional_propensities_alone() -> None:
+    """Without marginal propensities: per slot, the product of the policy's conditional probabilities
+    of the logged prefix over the logged conditional propensities (training.counterfactual_policy).
+    A softmax policy under slate rules, logged by plain Plackett-Luce: the estimates cover its value."""
+    from features import slate
+    from training.counterfactual_policy import view_targets
+    from training.offpolicy import SlotLog, SlotTarget, view_estimates
+
+    rng = np.random.default_rng(21)
+    n, k, views = 8, 3, 6000
+    truth = rng.uniform(0.02, 0.4, n)
+    cand = slate.Candidates(
+        score=np.log(truth) * 2.0,
+        pinned=np.zeros(n, dtype=bool),
+        kinds=np.arange(n) % 3,
+        categories=np.arange(n) % 4,
+        families=np.arange(n),
+    )
+    policy = slate.SlatePolicy(max_per_category=1, min_kinds=2, exploration="softmax", temperature=1.0)
+    pi = 0.5 / n + 0.5 * rng.dirichlet(np.full(n, 2.0))  # the logging policy: half uniform
+    rows: dict[str, list[np.ndarray]] = {k_: [] for k_ in ("view", "slot", "r", "pl", "pt", "q", "dm")}
+    for v in range(views):
+        shown = np.argsort(-(np.log(pi) + rng.gumbel(size=n)))[:k]
+        pc = pi[shown]
+        p_cond = pc / (1.0 - (np.cumsum(pc) - pc))
+        vt = view_targets(
+            cand, shown.tolist(), p_cond, policy, True, True, truth * 0.8, np.ones(n), np.ones(k), rng
+        )
+        rows["view"].append(np.full(k, v))
+        rows["slot"].append(np.arange(k))
+        rows["r"].append((rng.random(k) < truth[shown]).astype(np.float64))
+        rows["pl"].append(np.cumprod(p_cond))
+        rows["pt"].append(vt.p_target)
+        rows["q"].append(truth[shown] * 0.8)
+        rows["dm"].append(vt.dm_claims)
+    cat = {k_: np.concatenate(v_) for k_, v_ in rows.items()}
+    log = SlotLog(cat["view"], cat["slot"], cat["r"], cat["pl"], views)
+    est = view_estimates(log, SlotTarget(cat["pt"], cat["q"], cat["dm"]))
+    exact = float((slate.sample_marginals(cand, k, policy, rng, 100_000) * truth[:, None]).sum())
+    for name in ("ips", "dr"):
+        assert est[name].low <= exact <= est[name].high, (name, est[name], exact)
+
+
+def test_archived_impressions_carry_their_propensity() -> None:
+    """The archive (impression events from the storefront's feedback) is an evaluation input: each
+    impression row keeps its logged propensity, NaN when it had none (then refused by name)."""
+    from features import events as ev
+    from training.byod import impressions_from_events
+
+    shown = {"member_id": "m1", "event_ts": 1e9, "request_id": "r1"}
+    evs = [
+        ev.Impression(event_id="a", offer_id="o1", position=0, propensity=0.25, **shown),  # type: ignore[arg-type]
+        ev.Impression(event_id="b", offer_id="o2", position=1, **shown),  # type: ignore[arg-type]
+    ]
+    df = impressions_from_events(evs)
+    assert df["propensity"].iloc[0] == 0.25 and np.isnan(df["propensity"].iloc[1])
+    with pytest.raises(cf.EvaluationError, match="1 of 2 are missing"):
+        cf.check_propensities(df, "propensity", "archive")
