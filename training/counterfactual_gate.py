@@ -32,7 +32,7 @@ def summary(result: dict[str, Any]) -> list[str]:
         lines.append(f"{metric.replace('_', ' ')}:")
         for role in ("candidate", "baseline", "difference"):
             block = result[role]
-            name = block.get("policy", "candidate - baseline") if role != "difference" else "difference"
+            name = block["policy"] if role != "difference" else "candidate - baseline"
             for est in ("ips", "snips", "dr"):
                 e = block[metric][est]
                 lines.append(
