@@ -51,7 +51,7 @@ from features import objective as obj
 from features import slate
 from features.eligibility import EligibilityTable, evaluate
 from features.projection import OfferTable, rows
-from features.spec import spec_mismatch
+from features.spec import load_spec, spec_mismatch
 from infra.registry import Registry
 from infra.settings import Settings
 from training import counterfactual_policy as cp
@@ -128,10 +128,13 @@ def check_propensities(df: pd.DataFrame, column: str, source: str) -> None:
         )
 
 
-def _load(logs: Path, options: Options) -> tuple[Any, pd.DataFrame | None]:
+def _load(settings: Settings, logs: Path, options: Options) -> tuple[Any, pd.DataFrame | None]:
     from training.sources import load_source
 
-    src = load_source(Path(logs), options.events, catalog=options.catalog)
+    # The service's feature specification (settings, the programme's lifecycle configuration; the
+    # catalogue's taxonomy is applied by load_source): a version built for another one is refused.
+    spec = load_spec(settings.feature_spec_path).with_lifecycle(settings.lifecycle)
+    src = load_source(Path(logs), options.events, catalog=options.catalog, spec=spec)
     imp = src.impressions
     if len(imp) == 0:
         raise EvaluationError(f"{logs}: no logged impressions")
@@ -372,7 +375,7 @@ def run(
         "candidate": _resolve(registry, candidate, "policy"),
         "baseline": _resolve(registry, baseline, "baseline"),
     }
-    src, cand_table = _load(logs, o)
+    src, cand_table = _load(settings, logs, o)
     scorers = {
         role: _scorer(registry, v, src.spec, "policy" if role == "candidate" else role)
         for role, v in versions.items()
@@ -398,7 +401,7 @@ def run(
 
     # Pass 2: every view's eligible offers, scored by both policies and the reward model.
     table = OfferTable(offers, src.spec)
-    elig_table = EligibilityTable(offers)
+    elig_table = EligibilityTable(offers, lifecycle=settings.lifecycle)
     by_request, truth = _logged_candidates(cand_table, table) if cand_table is not None else ({}, {})
     if cand_table is not None:
         notes.append(f"eligible offers per view as logged in {CANDIDATES_FILE}")
