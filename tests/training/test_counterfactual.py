@@ -3,6 +3,7 @@ refusals of logs it cannot use."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,15 @@ def test_the_command_refuses_logs_it_cannot_use(
     assert (
         res.exit_code == 2 and "'propensity' must be a probability in (0, 1]" in text and "2 of 400" in text
     )
+    # A usable table (the same rows with their propensities) and its event log: the sequential estimator.
+    imp = pd.read_parquet(sim_dir / "impressions.parquet").head(2000)
+    imp.to_csv(tmp_path / "impressions.csv", index=False)
+    args = [*base, "--logs", str(tmp_path / "impressions.csv"), "--events", str(sim_dir / "events.jsonl")]
+    res = run(app, [*args, "--json", "--k", "2"], env=env)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["estimator"] == "sequential" and out["policy"]["k"] == 2
+    assert any("sequential" in n for n in out["notes"]) and any("--k 2" in n for n in out["notes"])
     # Versions the registry does not have.
     res = run(app, ["evaluate", "--policy", "nope", "--logs", str(sim_dir)], env=env)
     assert res.exit_code == 2 and "'nope' is not in the registry" in res.output
