@@ -29,7 +29,8 @@ Hazards worth knowing:
   Faust would ack a batch whose processing raised. A Redis that failed may come back as another, empty
   store: with ``store_check`` set (the batch engine's store epoch, ``stream/epoch.py``) a round trip is
   retried only once the store reads as the same one again, and the check raises when it does not, so
-  no batch is folded from or written into an emptied store.
+  no batch is folded from or written into an emptied store; ``before_write`` reads the epoch marker
+  right before each write for the restart the Redis client retried through on its own.
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ class BatchProcessor:
         #: False while it cannot be read (wait and ask again); it raises to abandon the batch when the
         #: store came back as another one. None: retry at once (the Faust engine).
         self.store_check: Callable[[], Awaitable[bool]] | None = None
+        #: Before each write: raises to abandon the batch when the store is no longer the one its reads
+        #: came from (one round trip; a Redis client reconnects and retries by itself, so a restart is
+        #: not always an error here). None: no check (the Faust engine).
+        self.before_write: Callable[[], Awaitable[None]] | None = None
 
     async def process(self, records: Sequence[RawRecord]) -> BatchOutcome:
         """Fold ``records`` (one fetched batch, in offset order per partition) into Redis."""
@@ -315,6 +320,8 @@ class BatchProcessor:
     async def write(self, members: FoldedMembers, stats: list[StoredOfferStats]) -> None:
         """Write changed blobs and partials (one round trip), then delete erased members (retried)."""
         to_write, to_delete = members.to_write, members.to_delete
+        if (to_write or stats or to_delete) and self.before_write is not None:
+            await self.retry(self.before_write)
         if to_write or stats:
             await self.retry(lambda: self.store.write_batch(to_write, stats))
         if to_delete:

@@ -18,9 +18,11 @@ Why hold rather than keep folding:
   position stays at or before the replay's end, so nothing is skipped or counted twice.
 
 A Redis that restarts drops the worker's connections: the batch in flight fails, and it is retried only
-after the marker reads as before (:meth:`EpochHold.confirm`), so nothing is folded from or written into
-the restarted, empty store. A store emptied without a restart (FLUSHALL) is caught by the periodic check;
-a batch or so may be written before it, and the replay overwrites those members. What holding costs:
+after the marker reads as before (:meth:`EpochHold.confirm`); and right before each batch is written the
+marker is read once more (:meth:`EpochHold.verify`, one round trip per batch: the Redis client may
+reconnect and retry through a restart by itself). So nothing is written into a restarted or flushed
+store, unless it loses its data between that read and the write itself (under a millisecond; the replay
+overwrites those members). The periodic check raises the alarm while no batch comes. What holding costs:
 freshness (the consumer lag grows during the outage; the topic keeps the events and the worker catches
 up after the replay). Batch engine only; the Faust engine does not check the epoch yet.
 """
@@ -113,6 +115,21 @@ class EpochHold:
         if self.holding:
             raise StoreLost("the store lost its data")
         return self.known is not None
+
+    async def verify(self) -> None:
+        """Before a batch is written (``BatchProcessor.before_write``): raise :class:`StoreLost` when the
+        marker is not the known one, so a batch read from the old store is never written into a new,
+        empty one. One round trip per batch; a Redis error propagates (the write's retry handles it)."""
+        if self.known is None:
+            return
+        token, pending = await self.epoch.read()
+        if token != self.known:
+            what, self.known = await self.epoch.report_lost("worker", self.known, token)
+            self._hold(what)
+        elif pending is not None:
+            self._hold(f"the store is awaiting `benefits replay` ({pending})")
+        if self.holding:
+            raise StoreLost("the store lost its data")
 
     def _hold(self, why: str) -> None:
         if self.holding:

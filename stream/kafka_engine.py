@@ -114,6 +114,7 @@ class BatchConsumerWorker:
         hold = EpochHold(StoreEpoch(redis_client, s.layout), self.metrics)
         await hold.start()
         processor.store_check = hold.confirm
+        processor.before_write = hold.verify
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.consumer_group,
