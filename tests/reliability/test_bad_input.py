@@ -71,3 +71,45 @@ def test_schemathesis_all_checks_and_stateful_pass() -> None:
     for scope in ("storefront", "admin"):
         stateful = o.numbers[scope]["stateful"]
         assert stateful["scenarios"] > 0 and stateful["links_covered"] > 0, (scope, stateful)
+
+
+def test_schemathesis_hooks_only_repair_rules_between_fields() -> None:
+    """The hooks make a positive body keep the rules JSON Schema cannot compare, and never turn a bad
+    value into a good one."""
+    from harness.reliability import schemathesis_hooks as hooks
+
+    body: dict[str, Any] = {
+        "offer_id": "a",
+        "campaign_start_ts": 2e9,
+        "campaign_end_ts": 1e9,
+        "eligibility": {"valid_from_ts": 5.0, "valid_to_ts": 5.0, "min_tier_gap": 9.0, "max_tier_gap": 1.0},
+    }
+    hooks.repair_offer(body, path_id="b")
+    assert body["campaign_end_ts"] > body["campaign_start_ts"] and body["offer_id"] == "b"
+    assert body["eligibility"]["valid_to_ts"] > 5.0
+    assert (body["eligibility"]["min_tier_gap"], body["eligibility"]["max_tier_gap"]) == (1.0, 9.0)
+    bad = {
+        "campaign_start_ts": "x",
+        "campaign_end_ts": 1.0,
+        "eligibility": {"min_tier_gap": -1, "max_tier_gap": -5},
+    }
+    hooks.repair_offer(bad)
+    assert bad["campaign_start_ts"] == "x"  # not a number: left for the API to refuse
+    exp: dict[str, Any] = {
+        "arms": [
+            {"name": "a", "share": 0.8, "policy": "popularity", "model_version": "x"},
+            {"name": "a", "share": 0.8, "model_version": "nope"},
+            {"name": "holdout", "share": 0.5},
+        ]
+    }
+    hooks.repair_experiment(exp, ["v1"])
+    names = [a["name"] for a in exp["arms"]]
+    assert len(set(names)) == 3 and "holdout" not in names
+    assert sum(a["share"] for a in exp["arms"]) <= 1.0
+    assert exp["arms"][0]["model_version"] is None and exp["arms"][1]["model_version"] == "v1"
+    now, ttl, skew = 2e9, 90 * 86400.0, 300.0
+    for ts, farther in ((now + skew - 1, True), (now - ttl + 10, True), (now - 3600, False), (1e3, False)):
+        fb = {"event_ts": ts}
+        hooks.sharpen_event_ts(fb, now, ttl, skew)
+        assert (fb["event_ts"] != ts) == farther
+        assert not (now - ttl <= fb["event_ts"] <= now + skew) or not farther
