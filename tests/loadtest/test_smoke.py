@@ -68,8 +68,8 @@ def test_flash_sale_with_claims_and_an_experiment_on_two_workers(tmp_path: Path)
     server accepted and stays within the coupon's units and budget; both arms are counted and the report
     calls no winner on this little data."""
     cmd = [
-        sys.executable, "-m", "benefits.cli", "loadtest", "--shape", "flash", "--rps", "20", "--duration", "8",
-        "--spike-factor", "4", "--members", "300", "--workers", "2", "--claim-units", "25",
+        sys.executable, "-m", "benefits.cli", "loadtest", "--shape", "flash", "--rps", "20",
+        "--duration", "8", "--spike-factor", "4", "--members", "300", "--workers", "2", "--claim-units", "25",
         "--claim-share", "0.5", "--experiment", "--p99-ms", "10000", "--spike-p99-ms", "10000",
         "--name", "flash", "--results-dir", str(tmp_path),
     ]  # fmt: skip
