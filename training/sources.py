@@ -106,7 +106,7 @@ def load_source(
         # Rows are joined with the catalogue's offers: without any, every row would be dropped.
         raise byod.DataError(
             f"catalogue {cat_path} has no offers: training joins each impression with its offer (fill "
-            "its \"offers\", e.g. from `benefits catalog export --format json`)"
+            'its "offers", e.g. from `benefits catalog export --format json`)'
         )
     spec = spec_for_taxonomy(base_spec, taxonomy)
     extra: list[Event] = []
