@@ -118,7 +118,7 @@ def cases(now: float, tag: str = "") -> list[Case]:
             silent,
             silent_events,
             "wake-up-coupon",
-            None,
+            sentence("missed_you", {"days": 45}),
         ),
         Case(
             "a PLUS member whose membership ends in 5 days",

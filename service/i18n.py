@@ -57,6 +57,7 @@ REASON_PARAMS: dict[str, tuple[str, ...]] = {
     "points_expiring": ("points", "days"),
     "points_expiring_today": ("points",),
     "welcome_back": (),
+    "missed_you": ("days",),
     "available": (),
 }
 #: Every exclusion code: the eligibility rules plus the fairness guard.

@@ -39,6 +39,8 @@ points_expiring_today  the same with N of a day or less (counted within one day)
 welcome_back           a wake-up offer (its stages include returning); the member's stage is
                        ``returning``: back within ``returning_days`` after ``silent_days`` away (a silent
                        or lapsing member has not come back, so is not welcomed back)
+missed_you             a wake-up offer (its stages include silent or lapsing); the member's stage is that
+                       stage: no visit for ``days`` whole days (at least ``lapsing_days``)
 high_value             the offer's value is at least ``high_value_share`` of the catalog's highest
 limited_quantity       limited stock with at least ``limited_share`` of it reserved
 popular                the offer's statistics: at least ``popular_min_impressions`` impressions and
@@ -98,6 +100,7 @@ MEMBER_CODES = frozenset(
         "points_expiring",
         "points_expiring_today",
         "welcome_back",
+        "missed_you",
     }
 )
 SHIPPING_SUBTYPES = frozenset({"free_shipping", "shipping"})
@@ -289,6 +292,11 @@ def lifecycle_premises(
                 out.append(("points_expiring_today", {"points": points}))
             else:
                 out.append(("points_expiring", {"points": points, "days": days}))
-    if "returning" in el.lifecycle_stages and lc.stage(state, now, config) == "returning":
-        out.append(("welcome_back", {}))
+    if el.lifecycle_stages:
+        stage = lc.stage(state, now, config)
+        if stage == "returning" and "returning" in el.lifecycle_stages:
+            out.append(("welcome_back", {}))
+        elif stage in ("silent", "lapsing") and stage in el.lifecycle_stages and state.last_visit_ts > 0:
+            # Whole days away, as the member would count them; the stage guarantees at least lapsing_days.
+            out.append(("missed_you", {"days": int(lc.days_since_visit(state, now))}))
     return out

@@ -80,6 +80,8 @@ _LIFECYCLE_RULES: list[dict[str, Any]] = [
     {"points_expiring_within_days": 30.0},
     {"points_expiring_within_days": 0.7, "min_points_expiring": 10},
     {"lifecycle_stages": ["silent", "lapsing", "returning"]},
+    {"lifecycle_stages": ["silent"]},
+    {"lifecycle_stages": ["lapsing"]},
     {"lifecycle_stages": ["returning", "active"]},
 ]
 
@@ -145,12 +147,20 @@ def member_st(draw: st.DrawFn, offer_ids: list[str]) -> Member:
     favourite = draw(st.sampled_from(CATS))  # most of a member's history is in one category
     # A quarter of the members come back: a visit 35-60 days ago and nothing else older than 10 days.
     comeback = draw(st.integers(0, 3)) == 0
+    # Another quarter are away: nothing for at least 14 days (lapsing) or 30 days (silent).
+    away_since = (
+        draw(st.sampled_from([14.5 * DAY, 31 * DAY]))
+        if not comeback and draw(st.booleans())
+        else 0.0
+    )
     max_age = 10 * DAY if comeback else 40 * DAY
     for k in range(n):
         # Ages straddling the 7-day and 30-day edges of the premises, and anything up to 40 days.
         age = draw(
             st.one_of(st.sampled_from([a for a in _EDGE_AGES if a <= max_age]), st.floats(1.0, max_age))
         )
+        if away_since:
+            age = draw(st.floats(away_since, 45 * DAY))
         ts = NOW - age
         eid = f"e{k}"
         kind = draw(st.integers(0, 14))
@@ -307,6 +317,22 @@ def _returning(evs: list[ev.Event]) -> bool:
     return any(b - a >= 30 and today - b < 14 for a, b in itertools.pairwise(days))
 
 
+def _away(evs: list[ev.Event]) -> tuple[str, float] | None:
+    """(stage, whole days since the last visit) of a member who is away: not new (first seen 30+ days
+    ago), visited at least once, and not for 30+ days (silent) or 14+ days (lapsing); else None."""
+    if not evs or NOW - min(e.event_ts for e in evs) < 30 * DAY:
+        return None
+    visits = [e.event_ts for e in evs if isinstance(e, _VISITS)]
+    if not visits:
+        return None
+    idle = (NOW - max(visits)) / DAY
+    if idle >= 30:
+        return "silent", idle
+    if idle >= 14:
+        return "lapsing", idle
+    return None
+
+
 def _lifecycle_sentence(code: str, o: Offer, member: Member) -> str | None:
     """The sentence a lifecycle reason must carry, from the events; None when its premise is false."""
     evs, el = member.events, o.eligibility
@@ -351,12 +377,17 @@ def _lifecycle_sentence(code: str, o: Offer, member: Member) -> str | None:
             return sentence(code, {"points": points} if days == 1 else {"points": points, "days": days})
         case "welcome_back":
             return sentence(code, {}) if "returning" in el.lifecycle_stages and _returning(evs) else None
+        case "missed_you":
+            away = _away(evs)
+            if away is None or away[0] not in el.lifecycle_stages:
+                return None
+            return sentence(code, {"days": int(away[1])})
     raise AssertionError(f"not a lifecycle code: {code}")
 
 
 _LIFECYCLE_CODES = frozenset(
     {"paid_expiring", "paid_expiring_today", "paid_lapsed", "tier_progress", "points_expiring",
-     "points_expiring_today", "welcome_back"}
+     "points_expiring_today", "welcome_back", "missed_you"}
 )  # fmt: skip
 
 

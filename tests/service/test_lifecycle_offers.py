@@ -184,6 +184,10 @@ async def test_lifecycle_reasons_are_true_of_the_state(client: httpx.AsyncClient
     await put_member(settings, "asleep", [_e(ev.PageView, "asleep", now - 50 * DAY, page_type="home")])
     got = await outcome(client, "asleep", "lc-wake")
     assert got["shown"] and "welcome_back" not in got["reasons"]
+    # ... who is told how long it has been instead (whole days since the last visit).
+    assert got["reasons"]["missed_you"] == "It has been 50 days since your last visit."
+    got = await outcome(client, "asleep", "lc-wake", "zh-CN")
+    assert got["reasons"]["missed_you"] == "您已有50天没来逛逛了。"
     back = [_e(ev.PageView, "back", now - t * DAY, page_type="home") for t in (50, 2)]
     await put_member(settings, "back", back)
     got = await outcome(client, "back", "lc-wake")
