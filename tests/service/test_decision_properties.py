@@ -149,9 +149,7 @@ def member_st(draw: st.DrawFn, offer_ids: list[str]) -> Member:
     comeback = draw(st.integers(0, 3)) == 0
     # Another quarter are away: nothing for at least 14 days (lapsing) or 30 days (silent).
     away_since = (
-        draw(st.sampled_from([14.5 * DAY, 31 * DAY]))
-        if not comeback and draw(st.booleans())
-        else 0.0
+        draw(st.sampled_from([14.5 * DAY, 31 * DAY])) if not comeback and draw(st.booleans()) else 0.0
     )
     max_age = 10 * DAY if comeback else 40 * DAY
     for k in range(n):
