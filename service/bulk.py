@@ -103,13 +103,15 @@ def _model_fields(model: type[BaseModel]) -> set[str]:
 
 _OFFER_FIELDS = _model_fields(Offer)
 _NESTED: dict[str, set[str]] = {"eligibility": _model_fields(Eligibility), "caps": _model_fields(Caps)}
+# Lists in one cell, joined by LIST_SEPARATOR (as the export writes them): nested ones (eligibility.tiers)
+# and the offer's own (tags).
 _LIST_FIELDS = {
     name
     for prefix, model in (("eligibility", Eligibility), ("caps", Caps))
     for name, f in model.model_fields.items()
     if str(f.annotation).startswith("list")
     for name in [f"{prefix}.{name}"]
-}
+} | {name for name, f in Offer.model_fields.items() if str(f.annotation).startswith("list")}
 _BOOL_FIELDS = {
     *(n for n, f in Offer.model_fields.items() if f.annotation is bool or f.annotation == "bool"),
     *(f"eligibility.{n}" for n, f in Eligibility.model_fields.items() if f.annotation in (bool, "bool")),

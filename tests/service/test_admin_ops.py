@@ -212,3 +212,19 @@ async def test_campaigns_report_stock_and_budget(settings: Settings) -> None:
         for o in budgeted:
             assert 0.0 <= o["budget_spent_share"] <= 1.0 and o["pacing"] is not None
         assert json.dumps(r)  # plain JSON all the way down
+
+
+def test_csv_export_imports_back_to_the_same_offers_lists_included() -> None:
+    """An exported catalogue imports back unchanged, list cells (tags, eligibility lists) included: tags
+    were exported joined by "|" and refused on import as a string."""
+    offers = [
+        o.model_copy(update={"tags": tags})
+        for o, tags in zip(
+            demo_catalog(time.time(), 6), [[], ["weekend"], ["weekend", "new_member"]] * 2, strict=True
+        )
+    ]
+    parsed = bulk.parse(bulk.to_csv(offers).encode(), "csv")
+    assert not parsed.refused, parsed.refused
+    assert sorted((o for _, o in parsed.offers), key=lambda o: o.offer_id) == sorted(
+        offers, key=lambda o: o.offer_id
+    )
