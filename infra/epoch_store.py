@@ -55,10 +55,13 @@ class StoreEpoch:
 
     async def read(self) -> tuple[str | None, str | None]:
         """(the stored token, the ``lost`` record) in one round trip; the marker's TTL refreshed."""
+        # Two GETs, not MGET: a Redis Cluster pipeline refuses multi-key commands (both keys share the
+        # {epoch} hash tag, so the whole pipeline still goes to one node in one round trip).
         async with self.r.pipeline(transaction=False) as pipe:
-            pipe.mget([self.key, self.lost_key])
+            pipe.get(self.key)
+            pipe.get(self.lost_key)
             pipe.expire(self.key, self.ttl_seconds)  # a no-op when the marker is gone
-            (token, lost), _ = await pipe.execute()
+            token, lost, _ = await pipe.execute()
         return _text(token), _text(lost)
 
     async def mark_lost(self, detail: str) -> None:

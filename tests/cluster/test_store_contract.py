@@ -294,3 +294,37 @@ def _slots(backend: Backend, keys: list[str]) -> set[int]:
             await r.aclose()
 
     return asyncio.run(main())
+
+
+def test_store_epoch_on_both(backend: Backend, unique: str) -> None:
+    """The store epoch (infra/epoch_store.py): the worker reads the marker and the ``lost`` record in one
+    pipelined round trip before each batch write. A Redis Cluster pipeline refuses multi-key commands
+    (an MGET there stopped every worker on a cluster), so both keys share a slot and are read by GETs."""
+    from infra.epoch_store import StoreEpoch
+
+    layout = _layout(unique)
+
+    async def main() -> list[tuple[str | None, str | None]]:
+        client = await open_client(backend.url, cluster=backend.cluster, timeout_ms=2000)
+        try:
+            epoch = StoreEpoch(client, layout)
+            seen = [await epoch.read()]
+            token = await epoch.ensure()
+            seen.append(await epoch.read())
+            await epoch.mark_lost("test")
+            seen.append(await epoch.read())
+            assert seen[1][0] == token
+            return seen
+        finally:
+            await client.aclose()
+
+    epoch_keys = [f"{layout.prefix}:{{epoch}}", f"{layout.prefix}:{{epoch}}:lost"]
+    if backend.cluster:
+        assert len(_slots(backend, epoch_keys)) == 1
+    seen = asyncio.run(main())
+    assert seen[0] == (None, None)
+    assert seen[1][0] is not None and seen[1][1] is None
+    assert seen[2] == (seen[1][0], "test")
+    # Both keys expire (a TTL on every key).
+    ttls = {k: t for keys in node_keys(backend, f"{layout.prefix}:*").values() for k, t in keys.items()}
+    assert len(ttls) == 2 and all(t > 0 for t in ttls.values()), ttls
