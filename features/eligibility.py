@@ -53,6 +53,7 @@ RULES: tuple[str, ...] = (
     "dismissed",
     "fatigue",
 )
+_RULE_INDEX = {rule: i for i, rule in enumerate(RULES)}
 
 _INF = float("inf")
 _NAN = float("nan")
@@ -170,6 +171,9 @@ class EligibilityTable:
         )
         self.points_days = np.array([_bound(e.points_expiring_within_days, _NAN) for e in el]).reshape(n)
         self.points_min = np.array([e.min_points_expiring for e in el], dtype=np.int64)
+        #: The distinct points windows (days) the offers use, each with its offers' mask.
+        windows = sorted({float(d) for d in self.points_days.tolist() if d == d})  # d == d: not NaN
+        self.points_windows = [(d, self.points_days == d) for d in windows]
         self.any_lifecycle = any(e.uses_lifecycle for e in el)
         families: dict[str, int] = {}
         self.family_idx = np.array(
@@ -198,10 +202,13 @@ def evaluate(
     the state with the table's programme configuration (:attr:`EligibilityTable.lifecycle`).
     """
     n = len(table.offers)
-    reason = np.full(n, -1, dtype=np.int64)
+    # Every failing rule's mask, in RULES order; written last to first below, so that where several
+    # rules fail an offer the first one is the reason (one masked write per rule that fails anywhere).
+    failed: list[tuple[int, np.ndarray]] = []
 
     def fail(rule: str, mask: np.ndarray) -> None:
-        reason[(reason < 0) & mask] = RULES.index(rule)
+        if mask.any():
+            failed.append((_RULE_INDEX[rule], mask))
 
     fail("inactive", ~table.active)
     fail("not_started", table.valid_from > now)
@@ -261,6 +268,9 @@ def evaluate(
         fail("claimed", claimed_bad)
         fail("dismissed", dismissed_bad)
         fail("fatigue", fatigue_bad)
+    reason = np.full(n, -1, dtype=np.int64)
+    for code, mask in reversed(failed):
+        reason[mask] = code
     return reason
 
 
@@ -292,10 +302,8 @@ def _lifecycle_rules(
             fail(
                 "tier_gap", table.tier_gap_set & ((gap < table.tier_gap[:, 0]) | (gap > table.tier_gap[:, 1]))
             )
-    pts_days = table.points_days
-    pts_set = ~np.isnan(pts_days)
-    if pts_set.any():
-        expiring = np.zeros(len(pts_days), dtype=np.int64)
-        for days in np.unique(pts_days[pts_set]).tolist():
-            expiring[pts_days == days] = lc.points_expiring_within(state, now, days)
-        fail("points_expiring", pts_set & (expiring < table.points_min))
+    if table.points_windows:
+        expiring = np.full(len(table.points_days), np.iinfo(np.int64).max, dtype=np.int64)  # unset: passes
+        for days, offers in table.points_windows:
+            expiring[offers] = lc.points_expiring_within(state, now, days)
+        fail("points_expiring", expiring < table.points_min)

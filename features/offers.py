@@ -7,6 +7,7 @@ built from a list of offers, never on these objects.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -115,7 +116,7 @@ class Eligibility(BaseModel):
                 raise ValueError(f"{hi} must be at least {lo}")
         return self
 
-    @property
+    @functools.cached_property  # the model is frozen; read per shown offer on the request path
     def uses_lifecycle(self) -> bool:
         """True when any lifecycle rule is set (the ranker evaluates those offers one by one)."""
         return bool(

@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -355,7 +356,7 @@ class Recommender:
                         "slate": [it["offer_id"] for it in items],
                         "scores": [it["score"] for it in items],
                         "propensities": [it["propensity"] for it in items],
-                        "slate_propensity": float(np.prod([it["propensity"] for it in items])),
+                        "slate_propensity": math.prod(it["propensity"] for it in items),
                         "reasons": [[r["code"] for r in it["reasons"]] for it in items],
                         "ms": {k: round(v, 3) for k, v in stages.items()},
                         # The share of such lines kept (1.0 for degraded / slow ones): weight by 1/rate.
