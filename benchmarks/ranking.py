@@ -52,7 +52,8 @@ from service.recommend import Recommender, RecommendQuery
 from service.shadow import ShadowScorer
 
 CANDIDATES = (50, 200, 500)
-TARGET_200 = {"p50_ms": 1.0, "p99_ms": 2.0}
+#: Issue 15's target at 200 candidates (the first one, issue 4's, was p50 <= 1 ms, p99 <= 2 ms).
+TARGET_200 = {"p50_ms": 0.5, "p99_ms": 1.0}
 
 
 def train_model(
@@ -177,7 +178,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "setup_seconds": {"simulate_and_load": round(sim_s, 1), "train_and_export": round(train_s, 1)},
             "results": results,
-            "target_200": {**TARGET_200, "met": r200["p50_ms"] <= 1.0 and r200["p99_ms"] <= 2.0},
+            "target_200": {
+                **TARGET_200,
+                "met": r200["p50_ms"] <= TARGET_200["p50_ms"] and r200["p99_ms"] <= TARGET_200["p99_ms"],
+            },
         }
     finally:
         await client.aclose()
