@@ -14,6 +14,9 @@ projected from those simulated states (labels from a logistic of interest, value
 exported with the training package's exporter (``training.export.to_onnx``) so the graph is the one
 production serves.
 
+The process tunes its garbage collector after set-up as ``benefits serve`` does (``gc.freeze()`` and a
+higher young-generation threshold, ``service.app._tune_gc``): the measured path is the served one.
+
 Prints the JSON summary as the last line and writes ``benchmarks/results/ranking.json``.
 """
 
@@ -42,6 +45,7 @@ from infra.experiment_store import ExperimentStore
 from infra.redis_client import connect
 from infra.redis_layout import MemberStore, RedisLayout
 from infra.registry import LGB_FILE
+from service.app import _tune_gc
 from service.catalog import CatalogHolder, CatalogStore, build_snapshot
 from service.experiment_runtime import ExperimentRuntime
 from service.experiments import Assigner, Experiment, StoredExperiment, allocate
@@ -109,6 +113,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             model = load_model(path, f"bench-{args.trees}x31", args.scorer, Path(tmp) / "scorer-cache")
         models = ModelHolder(registry=None)  # type: ignore[arg-type]  # the registry is not polled here
         models.install(model)
+        # As `benefits serve` does once its lifespan has loaded everything (service.server): freeze what
+        # start-up allocated and collect the young generation less often.
+        _tune_gc()
 
         results: dict[str, Any] = {}
         for n in CANDIDATES:
@@ -150,7 +157,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             logging.getLogger(__name__).info("%d candidates: %s", n, results[str(n)])
         if args.shadow:
-            shadow_model = _load_bytes(train_model(states, now, args.trees, rng), f"shadow-{args.trees}x31")
+            shadow_bytes, shadow_text = train_model(states, now, args.trees, rng)
+            shadow_model = _load_bytes(shadow_bytes, shadow_text, f"shadow-{args.trees}x31", args.scorer)
+            logging.getLogger(__name__).info("shadow model served by %s", shadow_model.runtime)
             results["shadow_200"] = await _shadow_compare(
                 args, store, client, layout, models, shadow_model, now, rng
             )
@@ -298,11 +307,14 @@ async def _guard_compare(
     }
 
 
-def _load_bytes(model_bytes: bytes, version: str) -> Any:
+def _load_bytes(model_bytes: bytes, lgb_text: str, version: str, scorer: str) -> Any:
+    """A second model loaded as the service loads a registered one (its LightGBM text beside the ONNX
+    graph, so the same runtime serves it as the live model)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model_bytes)
-        return load_model(path, version)
+        (Path(tmp) / LGB_FILE).write_text(lgb_text)
+        return load_model(path, version, scorer, Path(tmp) / "scorer-cache")  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -114,6 +114,10 @@ class Ranking:
     guard_blocked: int = 0
     #: stage -> milliseconds (features, model, rerank)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: The offers ranked (indices into the snapshot) and their feature rows when a model scored them: a
+    #: shadow model under the same feature specification rescores these rows (service.shadow).
+    eligible_idx: np.ndarray | None = None
+    x: np.ndarray | None = None
 
 
 #: The English "why not shown" sentences (the catalogue in service/locales has every locale).
@@ -231,7 +235,21 @@ def rank(
         excluded=excluded,
         guard_blocked=len(guarded),
         timings_ms={"features": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "rerank": (t3 - t2) * 1e3},
+        eligible_idx=eligible,
+        x=x,
     )
+
+
+def rescore(
+    snap: CatalogSnapshot, eligible: np.ndarray, p: np.ndarray, now: float, limit: int, policy: Policy
+) -> list[tuple[str, float]]:
+    """The greedy slate (offer id, score) of another model's probabilities ``p`` for the offers
+    ``eligible`` that a ranking already found eligible: the objective and the slate rules, no reasons."""
+    score = objective_scores(snap, eligible, p.astype(np.float64), now, policy.objective)
+    return [
+        (snap.offers[int(eligible[j])].offer_id, round(float(score[j]), 6))
+        for j, _ in _slate(snap, eligible, score, limit, policy, None)
+    ]
 
 
 def objective_scores(

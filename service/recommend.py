@@ -306,6 +306,7 @@ class Recommender:
                 ShadowItem(
                     request_id, now, arm, snap, state, q.context, q.limit, mode, model, version,
                     [it.offer_id for it in items], [it.score for it in items],
+                    ranking.eligible_idx, ranking.x,
                 )
             )  # fmt: skip
 
