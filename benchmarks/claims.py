@@ -25,18 +25,14 @@ from typing import Any
 
 import httpx
 import numpy as np
-import redis.asyncio as aioredis
 
 from benchmarks._common import machine_info, write_result
+from benchmarks.flash_claims import COST, OFFER_ID, money_state
 from harness import stack
 from harness.scrape import buckets, delta, read_metrics
 from harness.testmodel import build_registry
-from infra.money_store import MoneyStore
 from infra.settings import Settings
 from service.quantiles import histogram_quantile
-
-OFFER_ID = "flash-coupon"
-COST = 2.0
 
 
 async def race(base: str, key: str, members: int, concurrency: int) -> dict[str, Any]:
@@ -91,23 +87,6 @@ async def race(base: str, key: str, members: int, concurrency: int) -> dict[str,
     }
 
 
-async def money_check(settings: Settings, members: int) -> dict[str, Any]:
-    assert settings.redis_url
-    r = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        money = MoneyStore(r, settings.redis_prefix)
-        usage = (await money.usage([OFFER_ID]))[OFFER_ID]
-        claims = await money.all_member_claims(OFFER_ID)
-        return {
-            "units_reserved": usage.units,
-            "budget_used": usage.cost,
-            "members_with_a_claim": len(claims),
-            "max_claims_per_member": max((n for n, _ in claims.values()), default=0),
-        }
-    finally:
-        await r.aclose()
-
-
 def run(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     registry = build_registry(tmp / "registry")  # a small promoted model, so that the API is ready
     base_settings = Settings(
@@ -130,7 +109,7 @@ def run(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             q: round(v * 1000.0, 2) if (v := histogram_quantile(p, server)) is not None else None
             for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
         }
-        out["money"] = asyncio.run(money_check(settings, args.members))
+        out["money"] = asyncio.run(money_state(settings))
     return out
 
 

@@ -45,7 +45,8 @@ def create_coupon(base: str, admin_key: str, units: int) -> dict[str, Any]:
     return offer
 
 
-async def _money(settings: Settings) -> dict[str, Any]:
+async def money_state(settings: Settings) -> dict[str, Any]:
+    """The coupon's money state read from Redis itself (not from what the service says)."""
     assert settings.redis_url
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
@@ -75,7 +76,7 @@ def _server_claims(d: Scrape) -> dict[str, float]:
 
 def check(settings: Settings, units: int, before: Scrape, after: Scrape) -> dict[str, Any]:
     """Money state from Redis held against the server's counts; the checks go into the run's budget."""
-    money = asyncio.run(_money(settings))
+    money = asyncio.run(money_state(settings))
     d = delta(before, after)
     outcomes = _server_claims(d)
     accepted = outcomes.get("accepted", 0.0)

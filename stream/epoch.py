@@ -80,13 +80,7 @@ class EpochHold:
             if self.known is None:
                 await self.start()
                 return self.holding
-            token, pending = await self.epoch.read()
-            if token != self.known:
-                what, self.known = await self.epoch.report_lost("worker", self.known, token)
-                self._hold(what)
-            elif pending is not None:
-                self._hold(f"the store is awaiting `benefits replay` ({pending})")
-            elif self.holding:
+            if await self._observe() and self.holding:
                 self.holding = False
                 self.metrics.state_lost.set(0)
                 log.warning("store rebuilt (`benefits replay` cleared the lost record): folding resumes")
@@ -104,12 +98,7 @@ class EpochHold:
             if self.known is None:
                 await self.start()
             else:
-                token, pending = await self.epoch.read()
-                if token != self.known:
-                    what, self.known = await self.epoch.report_lost("worker", self.known, token)
-                    self._hold(what)
-                elif pending is not None:
-                    self._hold(f"the store is awaiting `benefits replay` ({pending})")
+                await self._observe()
         except (RedisError, OSError):
             return False
         if self.holding:
@@ -122,14 +111,23 @@ class EpochHold:
         empty one. One round trip per batch; a Redis error propagates (the write's retry handles it)."""
         if self.known is None:
             return
+        await self._observe()
+        if self.holding:
+            raise StoreLost("the store lost its data")
+
+    async def _observe(self) -> bool:
+        """Read the marker and the ``lost`` record (one round trip); hold when the store is not the known
+        one (recorded as lost, the new marker known from now on) or awaits a replay. True: neither."""
+        assert self.known is not None  # start() ran: the callers check
         token, pending = await self.epoch.read()
         if token != self.known:
             what, self.known = await self.epoch.report_lost("worker", self.known, token)
             self._hold(what)
-        elif pending is not None:
+            return False
+        if pending is not None:
             self._hold(f"the store is awaiting `benefits replay` ({pending})")
-        if self.holding:
-            raise StoreLost("the store lost its data")
+            return False
+        return True
 
     def _hold(self, why: str) -> None:
         if self.holding:

@@ -155,13 +155,17 @@ def train_binary(
         valid_names=["valid"] if valid_sets else None,
         callbacks=callbacks,
     )
+    return _trimmed(booster, split, t0, p, "trees")
+
+
+def _trimmed(booster: lgb.Booster, split: Split, t0: float, p: dict[str, Any], what: str) -> TrainResult:
+    """Keep only the trees up to the best iteration: the exported ONNX graph and LightGBM's own predict
+    then agree without anyone having to remember num_iteration."""
     best = booster.best_iteration or booster.current_iteration()
     if booster.best_iteration and booster.best_iteration < booster.current_iteration():
-        # Keep only the trees up to the best iteration: the exported ONNX graph and LightGBM's own
-        # predict then agree without anyone having to remember num_iteration.
         booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     seconds = time.perf_counter() - t0
-    log.info("trained %d trees on %d rows in %.1fs", best, int(split.train.sum()), seconds)
+    log.info("trained %d %s on %d rows in %.1fs", best, what, int(split.train.sum()), seconds)
     return TrainResult(booster, int(best), seconds, p)
 
 
@@ -197,12 +201,7 @@ def _train_ranker(
         valid_names=["valid"] if valid_sets else None,
         callbacks=callbacks,
     )
-    best = booster.best_iteration or booster.current_iteration()
-    if booster.best_iteration and booster.best_iteration < booster.current_iteration():
-        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    seconds = time.perf_counter() - t0
-    log.info("trained %d lambdarank trees on %d rows in %.1fs", best, int(split.train.sum()), seconds)
-    return TrainResult(booster, int(best), seconds, p)
+    return _trimmed(booster, split, t0, p, "lambdarank trees")
 
 
 def feature_importance(booster: lgb.Booster) -> list[tuple[str, float]]:
