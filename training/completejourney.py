@@ -338,24 +338,14 @@ def _register(
     promote: bool,
 ) -> str:
     """Export (parity-checked ONNX under the CJ specification) and write a registry version."""
-    from datetime import UTC, datetime
 
-    from features.events import SCHEMA_VERSION
     from infra.registry import Registry
 
     version = export.new_version(booster.model_to_string())
     model_bytes, parity = export.export_model(booster, X_test, version, spec=spec, calibration=calib)
     cal = summary["calibration"]
     metadata = {
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_names": list(spec.names),
-        "n_features": len(spec),
-        "feature_spec_hash": spec.hash,
-        "feature_spec": spec.canonical(),
-        "schema_version": spec.version,
-        "event_schema_version": SCHEMA_VERSION,
-        "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, len(spec)]},
+        **export.version_metadata(version, spec),
         "objective": "binary",
         "calibration": {
             "method": cal["method"],

@@ -80,6 +80,22 @@ def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
     return lgb.Booster(model_str="\n".join(lines))
 
 
+def version_metadata(version: str, spec: FeatureSpec) -> dict[str, Any]:
+    """The registry metadata every version starts with (trained, Complete Journey or imported): its id,
+    when, and the feature specification it was built for (what serving checks on load)."""
+    return {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "feature_names": list(spec.names),
+        "n_features": len(spec),
+        "feature_spec_hash": spec.hash,
+        "feature_spec": spec.canonical(),
+        "schema_version": spec.version,
+        "event_schema_version": EVENT_SCHEMA_VERSION,
+        "onnx": {"input": INPUT_NAME, "output": OUTPUT_NAME, "shape": [None, len(spec)]},
+    }
+
+
 def spec_props(spec: FeatureSpec) -> dict[str, str]:
     """The metadata that binds a model to its feature specification (checked by the service)."""
     return {

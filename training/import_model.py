@@ -11,7 +11,6 @@ float rounding could send LightGBM and onnxruntime down different branches.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +97,8 @@ def import_booster(
     rows = threshold_rows(booster)
     model_bytes, parity = export.export_model(booster, rows, version, spec=spec)
     metadata: dict[str, Any] = {
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **export.version_metadata(version, spec),
         "imported_from": str(booster_path),
-        "feature_names": list(spec.names),
-        "n_features": len(spec),
-        "feature_spec_hash": spec.hash,
-        "feature_spec": spec.canonical(),
-        "schema_version": spec.version,
         "objective": objective,
         "calibration": {"method": "none"},
         "code_version": export.code_version(),

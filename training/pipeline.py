@@ -34,7 +34,6 @@ import numpy as np
 
 from features import calibration as calibrate
 from features.calibration import Method
-from features.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from features.projection import DEFAULT_SPEC
 from features.spec import FeatureSpec, load_spec, spec_mismatch
 from infra.registry import METADATA_FILE, Registry
@@ -227,15 +226,7 @@ def run(
         for name, m in (("train", split.train), ("valid", split.valid), ("test", split.test))
     }
     metadata: dict[str, Any] = {
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_names": list(spec.names),
-        "n_features": len(spec),
-        "feature_spec_hash": spec.hash,
-        "feature_spec": spec.canonical(),
-        "schema_version": spec.version,
-        "event_schema_version": EVENT_SCHEMA_VERSION,
-        "onnx": {"input": export.INPUT_NAME, "output": export.OUTPUT_NAME, "shape": [None, len(spec)]},
+        **export.version_metadata(version, spec),
         "objective": objective,
         "calibration": calib_meta,
         "split": split_by,
